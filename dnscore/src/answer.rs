@@ -1,0 +1,234 @@
+//! A validated upstream answer, kept as wire bytes with the positions of its TTL fields, and
+//! written out for each client by copying and patching: ID, flags, the client's question
+//! (letter case included), counted-down TTLs, and an OPT record of our own (OPT is
+//! hop-by-hop, RFC 6891 §6.1.1). Answers are parsed once, when they arrive; a cache hit
+//! only copies.
+
+use tokio::time::Instant;
+
+use crate::query::Query;
+use crate::wire::{
+    HEADER_LEN, Header, MAX_TTL, Malformed, flag, rcode, read_record, rtype, set_u16,
+    soa_negative_ttl, write_opt,
+};
+
+/// Why an upstream packet is not an answer to what we sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ResponseError {
+    /// ID, QR, opcode or question differ from the query (RFC 5452 §9.1): a stray or forged
+    /// packet. It is dropped and the wait for the real answer goes on.
+    Mismatch,
+    /// The packet matches but its records do not parse.
+    Malformed,
+}
+
+impl From<Malformed> for ResponseError {
+    fn from(_: Malformed) -> Self {
+        Self::Malformed
+    }
+}
+
+/// What the caching policy needs to know about an answer, gathered while validating it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Facts {
+    /// Smallest TTL in the answer section.
+    pub(crate) min_answer_ttl: Option<u32>,
+    /// The answer section holds a record of the asked type (or the question is ANY).
+    pub(crate) has_qtype: bool,
+    /// min(SOA TTL, SOA MINIMUM) of an SOA in the authority section (RFC 2308 §5).
+    pub(crate) negative_ttl: Option<u32>,
+}
+
+/// A validated upstream answer.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    /// Header, question and records, without the upstream's OPT record; the counts in the
+    /// header match.
+    bytes: Box<[u8]>,
+    /// Where each record's TTL field is in `bytes`.
+    ttl_offsets: Box<[u16]>,
+    /// Full response code, extended bits included.
+    pub(crate) rcode: u16,
+    pub(crate) facts: Facts,
+    /// When it arrived: TTLs count down from here.
+    pub(crate) received: Instant,
+    /// How long it may be served from the cache, in seconds; 0 when it may not be cached.
+    pub(crate) lifetime: u32,
+}
+
+impl Answer {
+    /// Validates `resp` as the answer to `sent` (RFC 5452 §9.1: ID, QR=1, opcode and the
+    /// whole question; the source address is checked by the connected socket) and keeps it.
+    pub(crate) fn parse(sent: &[u8], resp: &[u8], received: Instant) -> Result<Self, ResponseError> {
+        let sent_header = Header::read(sent)?;
+        let header = Header::read(resp)?;
+        if header.id != sent_header.id
+            || header.flags & flag::QR == 0
+            || header.flags & flag::OPCODE != 0
+            || header.qdcount != 1
+        {
+            return Err(ResponseError::Mismatch);
+        }
+        let question_end = crate::wire::skip_name(sent, HEADER_LEN)? + 4;
+        let sent_question = &sent[HEADER_LEN..question_end];
+        match resp.get(HEADER_LEN..question_end) {
+            Some(q) if q.eq_ignore_ascii_case(sent_question) => {}
+            _ => return Err(ResponseError::Mismatch),
+        }
+        let qtype = crate::wire::u16_at(sent, question_end - 4)?;
+
+        let mut facts = Facts::default();
+        let mut ttl_offsets = Vec::new();
+        let mut pos = question_end;
+        let mut end = question_end;
+        let mut ext_rcode = 0u16;
+        let mut arcount = 0u16;
+        let sections = [header.ancount, header.nscount, header.arcount];
+        'sections: for (section, &count) in sections.iter().enumerate() {
+            for _ in 0..count {
+                let rr = read_record(resp, pos)?;
+                pos = rr.end;
+                if rr.rtype == rtype::OPT {
+                    if section != 2 {
+                        return Err(ResponseError::Malformed);
+                    }
+                    // The OPT record is the upstream's, not the client's: drop it, and the
+                    // additional records after it (a server puts OPT last but for a TSIG,
+                    // which we do not use; additional data is optional).
+                    ext_rcode = u16::try_from(rr.ttl >> 24).unwrap_or(0) << 4;
+                    break 'sections;
+                }
+                match section {
+                    0 => {
+                        facts.min_answer_ttl =
+                            Some(facts.min_answer_ttl.map_or(rr.ttl, |m| m.min(rr.ttl)));
+                        if rr.rtype == qtype || qtype == rtype::ANY {
+                            facts.has_qtype = true;
+                        }
+                    }
+                    1 if rr.rtype == rtype::SOA => {
+                        facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
+                    }
+                    2 => arcount += 1,
+                    _ => {}
+                }
+                let offset = u16::try_from(rr.ttl_pos).map_err(|_| ResponseError::Malformed)?;
+                ttl_offsets.push(offset);
+                end = rr.end;
+            }
+        }
+
+        let mut bytes: Box<[u8]> = resp[..end].into();
+        set_u16(&mut bytes, 10, arcount);
+        Ok(Self {
+            bytes,
+            ttl_offsets: ttl_offsets.into_boxed_slice(),
+            rcode: ext_rcode | (header.flags & flag::RCODE),
+            facts,
+            received,
+            lifetime: 0,
+        })
+    }
+
+    /// The upstream's header flags.
+    fn flags(&self) -> u16 {
+        u16::from_be_bytes([self.bytes[2], self.bytes[3]])
+    }
+
+    /// Whether the upstream set TC: the answer is partial.
+    pub(crate) fn truncated(&self) -> bool {
+        self.flags() & flag::TC != 0
+    }
+
+    /// Whether this is an answer to pass on (NOERROR or NXDOMAIN); anything else is an
+    /// upstream failure.
+    pub(crate) fn is_answer(&self) -> bool {
+        matches!(self.rcode, rcode::NOERROR | rcode::NXDOMAIN)
+    }
+
+    /// Size of the stored answer in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Sets every record's TTL to `min(max(ttl, floor), ceiling)`, with `ttl` first capped
+    /// at 2^31-1, and remembers `lifetime` as the time it may be cached.
+    pub(crate) fn set_ttls(&mut self, floor: u32, ceiling: u32, lifetime: u32) {
+        for &off in self.ttl_offsets.iter() {
+            let pos = usize::from(off);
+            let ttl = u32::from_be_bytes([
+                self.bytes[pos],
+                self.bytes[pos + 1],
+                self.bytes[pos + 2],
+                self.bytes[pos + 3],
+            ]);
+            let ttl = ttl.min(MAX_TTL).max(floor).min(ceiling);
+            self.bytes[pos..pos + 4].copy_from_slice(&ttl.to_be_bytes());
+        }
+        self.lifetime = lifetime;
+    }
+
+    /// Whether a cached copy may still be served at `now`.
+    #[inline]
+    pub(crate) fn fresh_at(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.received).as_secs() < u64::from(self.lifetime)
+    }
+
+    /// Writes the answer for `query` into `out`: the client's ID, RD and CD, our RA, the
+    /// upstream's rcode and (when the client asked for DNSSEC) AD, the client's question,
+    /// the records with TTLs counted down to `now`, and an OPT record if the client sent one.
+    /// Over `limit` bytes the client gets the header and question with TC=1 instead.
+    pub(crate) fn write_response(&self, query: &Query<'_>, now: Instant, limit: usize, out: &mut Vec<u8>) {
+        let elapsed = u32::try_from(now.saturating_duration_since(self.received).as_secs())
+            .unwrap_or(u32::MAX);
+        let qflags = query.header.flags;
+        let wants_ad =
+            qflags & flag::AD != 0 || query.edns.is_some_and(|e| e.dnssec_ok);
+        let ad = if wants_ad { self.flags() & flag::AD } else { 0 };
+        let mut flags =
+            flag::QR | (qflags & (flag::RD | flag::CD)) | flag::RA | ad | (self.rcode & flag::RCODE);
+        let question_end = query.question_end;
+        let extra = if query.edns.is_some() { 11 } else { 0 };
+
+        out.clear();
+        if self.bytes.len() + extra > limit {
+            flags |= flag::TC;
+            write_header(out, query, flags, [0, 0, 0]);
+            out.extend_from_slice(query.question());
+        } else {
+            out.reserve(self.bytes.len() + extra);
+            let counts = [
+                u16::from_be_bytes([self.bytes[6], self.bytes[7]]),
+                u16::from_be_bytes([self.bytes[8], self.bytes[9]]),
+                u16::from_be_bytes([self.bytes[10], self.bytes[11]]),
+            ];
+            write_header(out, query, flags, counts);
+            out.extend_from_slice(query.question());
+            // The stored question is the same name in another letter case: same length, so
+            // every offset into the records (TTLs, compression pointers) still holds.
+            out.extend_from_slice(&self.bytes[question_end..]);
+            for &off in self.ttl_offsets.iter() {
+                let pos = usize::from(off);
+                let ttl = u32::from_be_bytes([out[pos], out[pos + 1], out[pos + 2], out[pos + 3]]);
+                out[pos..pos + 4].copy_from_slice(&ttl.saturating_sub(elapsed).to_be_bytes());
+            }
+        }
+        if let Some(edns) = query.edns {
+            let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+            set_u16(out, 10, arcount);
+            write_opt(out, self.rcode, edns.dnssec_ok);
+        }
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, query: &Query<'_>, flags: u16, counts: [u16; 3]) {
+    Header {
+        id: query.header.id,
+        flags,
+        qdcount: 1,
+        ancount: counts[0],
+        nscount: counts[1],
+        arcount: counts[2],
+    }
+    .write(out);
+}

@@ -1,0 +1,100 @@
+//! The one error type of the crate.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// What went wrong, and through each variant's docs, what the caller should do about it.
+///
+/// `Clone`, because one upstream failure is handed to every caller that shared the query.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The builder was given no upstream. Add one with [`ResolverBuilder::upstream`].
+    ///
+    /// [`ResolverBuilder::upstream`]: crate::ResolverBuilder::upstream
+    #[error("no upstream server configured")]
+    NoUpstreams,
+    /// A configuration value is out of range; the message names it. Fix the configuration.
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    /// The query cannot be answered at all (shorter than a DNS header, or a response rather
+    /// than a query). Drop it: replying could start a packet loop.
+    #[error("malformed query: not answered")]
+    Malformed,
+    /// A name given to [`Resolver::lookup`](crate::Resolver::lookup) is not a valid DNS name.
+    #[error("invalid name {0:?}")]
+    InvalidName(Arc<str>),
+    /// The name does not exist (NXDOMAIN). Do not retry.
+    #[error("no such name (NXDOMAIN)")]
+    NxDomain,
+    /// The query got no answer from any upstream within the deadline: every upstream refused,
+    /// failed or timed out. The last failure is kept. Retry later.
+    #[error("no upstream answered: {0}")]
+    NoAnswer(Arc<UpstreamError>),
+    /// The answer could not be read as a DNS message (from `lookup`). Retry later.
+    #[error("unreadable answer")]
+    BadAnswer,
+    /// The query was abandoned because the resolver's runtime is shutting down.
+    #[error("resolver is shutting down")]
+    Shutdown,
+}
+
+/// Why one attempt at one upstream failed. The pool retries another upstream on each of
+/// these; callers see the last one inside [`Error::NoAnswer`].
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpstreamError {
+    /// The upstream's port is closed (ICMP port unreachable on the connected UDP socket, or
+    /// a TCP RST on connect): typically an evicted pod.
+    #[error("{0} refused the query (port closed)")]
+    Refused(SocketAddr),
+    /// No valid answer arrived within the attempt's timeout.
+    #[error("{0} did not answer in time")]
+    Timeout(SocketAddr),
+    /// The TCP connection closed or reset before the answer arrived.
+    #[error("{0} closed the TCP connection")]
+    ConnectionClosed(SocketAddr),
+    /// The upstream answered with a failure code (SERVFAIL, REFUSED, ...).
+    #[error("{addr} answered rcode {rcode}")]
+    Rcode {
+        /// The upstream.
+        addr: SocketAddr,
+        /// The response code it sent.
+        rcode: u16,
+    },
+    /// The upstream set TC=1 over TCP: a broken server. Not retried over TCP again.
+    #[error("{0} sent a truncated answer over TCP")]
+    TruncatedOverTcp(SocketAddr),
+    /// Too many queries are already waiting on the upstream's TCP connections.
+    #[error("{0} has too many queries outstanding over TCP")]
+    Overloaded(SocketAddr),
+    /// The upstream's answer matched the query but could not be parsed.
+    #[error("{0} sent a malformed answer")]
+    Malformed(SocketAddr),
+    /// A socket operation failed.
+    #[error("socket error talking to {addr}: {source}")]
+    Io {
+        /// The upstream.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
+}
+
+impl UpstreamError {
+    /// Classifies a socket error: refused and reset are the marks of a vanished upstream.
+    pub(crate) fn from_io(addr: SocketAddr, err: io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused(addr),
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => Self::ConnectionClosed(addr),
+            _ => Self::Io {
+                addr,
+                source: Arc::new(err),
+            },
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! A client's query, read in place: header, question, EDNS, and the cache key built from
+//! them in exactly one place.
+
+use crate::wire::{
+    CLASSIC_UDP_SIZE, EDNS_DO, Edns, HEADER_LEN, Header, MAX_NAME_LEN, flag, rcode, read_record,
+    rtype, u16_at,
+};
+
+/// Longest key: a name, type, class and one flags byte.
+const KEY_CAP: usize = MAX_NAME_LEN + 5;
+/// Key flag: the client set DO (RFC 3225); the answer may carry DNSSEC records.
+const KEY_DO: u8 = 1;
+/// Key flag: the client set CD (RFC 4035 §3.2.2); we pass it upstream.
+const KEY_CD: u8 = 2;
+
+/// The cache and dedup key: the question exactly as it is sent upstream (lower-cased name,
+/// type, class) and one byte of the flags we send with it (DO, CD). Keying on exactly what is
+/// sent, and nothing finer, keeps one flight per distinct upstream query (RFC 5452 §5).
+///
+/// Kept on the stack so a cache hit allocates nothing for it.
+#[derive(Clone)]
+pub(crate) struct KeyBuf {
+    buf: [u8; KEY_CAP],
+    len: usize,
+}
+
+impl KeyBuf {
+    fn new() -> Self {
+        Self {
+            buf: [0; KEY_CAP],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// The key's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Read access to a key's parts, whether it lives in a [`KeyBuf`] or in an owned box.
+#[derive(Clone, Copy)]
+pub(crate) struct Key<'a>(pub(crate) &'a [u8]);
+
+impl Key<'_> {
+    /// The question section as it is sent upstream.
+    pub(crate) fn question(&self) -> &[u8] {
+        &self.0[..self.0.len().saturating_sub(1)]
+    }
+
+    fn flags(&self) -> u8 {
+        self.0.last().copied().unwrap_or(0)
+    }
+
+    /// Whether the query asks for DNSSEC records.
+    pub(crate) fn dnssec_ok(&self) -> bool {
+        self.flags() & KEY_DO != 0
+    }
+
+    /// Whether the client disabled DNSSEC checking.
+    pub(crate) fn checking_disabled(&self) -> bool {
+        self.flags() & KEY_CD != 0
+    }
+}
+
+/// A client's query that we can answer.
+pub(crate) struct Query<'a> {
+    /// The client's bytes; the question is echoed from them exactly, letter case included.
+    pub(crate) msg: &'a [u8],
+    pub(crate) header: Header,
+    /// End of the question section (it starts at the header's end).
+    pub(crate) question_end: usize,
+    /// The client's EDNS parameters, if it sent an OPT record.
+    pub(crate) edns: Option<Edns>,
+    pub(crate) key: KeyBuf,
+}
+
+impl Query<'_> {
+    /// The client's question section.
+    pub(crate) fn question(&self) -> &[u8] {
+        &self.msg[HEADER_LEN..self.question_end]
+    }
+
+    /// The largest UDP answer this client accepts (RFC 6891 §6.2.3, RFC 1035 §2.3.4).
+    pub(crate) fn udp_limit(&self) -> usize {
+        usize::from(self.edns.map_or(CLASSIC_UDP_SIZE, |e| e.udp_size))
+    }
+}
+
+/// Why a query is not looked up, and what to do instead.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// Not answerable: too short to have a header, or a response (QR=1: answering it
+    /// could start a packet loop).
+    Drop,
+    /// Answer with this response code alone.
+    Reply {
+        header: Header,
+        rcode: u16,
+        /// End of the client's question section, when it could be read.
+        question_end: Option<usize>,
+        edns: Option<Edns>,
+    },
+}
+
+impl Rejection {
+    /// Writes the reply for a `Reply` rejection into `out`; returns false for `Drop`.
+    pub(crate) fn write(&self, msg: &[u8], out: &mut Vec<u8>) -> bool {
+        match *self {
+            Self::Drop => false,
+            Self::Reply {
+                header,
+                rcode,
+                question_end,
+                edns,
+            } => {
+                let question = question_end.map(|end| &msg[HEADER_LEN..end]);
+                crate::wire::write_rcode_reply(&header, rcode, question, edns, out);
+                true
+            }
+        }
+    }
+}
+
+/// Reads a client's query.
+pub(crate) fn parse(msg: &[u8]) -> Result<Query<'_>, Rejection> {
+    let Ok(header) = Header::read(msg) else {
+        return Err(Rejection::Drop);
+    };
+    if header.flags & flag::QR != 0 {
+        return Err(Rejection::Drop);
+    }
+    let reply = |rcode, question_end, edns| Rejection::Reply {
+        header,
+        rcode,
+        question_end,
+        edns,
+    };
+    if header.flags & flag::OPCODE != 0 {
+        return Err(reply(rcode::NOTIMP, None, None));
+    }
+    if header.qdcount != 1 {
+        return Err(reply(rcode::FORMERR, None, None));
+    }
+
+    // The question name, lower-cased into the key. A query's question is the first name in
+    // the message, so a compression pointer there can only be malformed.
+    let mut key = KeyBuf::new();
+    let mut pos = HEADER_LEN;
+    loop {
+        let Some(&len) = msg.get(pos) else {
+            return Err(reply(rcode::FORMERR, None, None));
+        };
+        let label_len = usize::from(len);
+        if label_len > 63 || key.len + 1 + label_len > MAX_NAME_LEN {
+            return Err(reply(rcode::FORMERR, None, None));
+        }
+        let Some(label) = msg.get(pos + 1..pos + 1 + label_len) else {
+            return Err(reply(rcode::FORMERR, None, None));
+        };
+        key.push(&[len]);
+        let start = key.len;
+        key.push(label);
+        key.buf[start..key.len].make_ascii_lowercase();
+        pos += 1 + label_len;
+        if label_len == 0 {
+            break;
+        }
+    }
+    let (Ok(qtype), Ok(qclass)) = (u16_at(msg, pos), u16_at(msg, pos + 2)) else {
+        return Err(reply(rcode::FORMERR, None, None));
+    };
+    let question_end = pos + 4;
+    let with_question = Some(question_end);
+
+    // A query carries no answer or authority records; tolerate them if well-formed.
+    let mut pos = question_end;
+    for _ in 0..u32::from(header.ancount) + u32::from(header.nscount) {
+        match read_record(msg, pos) {
+            Ok(rr) => pos = rr.end,
+            Err(_) => return Err(reply(rcode::FORMERR, with_question, None)),
+        }
+    }
+    let mut edns = None;
+    for _ in 0..header.arcount {
+        let Ok(rr) = read_record(msg, pos) else {
+            return Err(reply(rcode::FORMERR, with_question, None));
+        };
+        pos = rr.end;
+        if rr.rtype != rtype::OPT {
+            continue;
+        }
+        // RFC 6891 §6.1.1: one OPT, owned by the root.
+        if edns.is_some() || msg[rr.start] != 0 {
+            return Err(reply(rcode::FORMERR, with_question, None));
+        }
+        let this = Edns {
+            udp_size: rr.class.max(CLASSIC_UDP_SIZE),
+            dnssec_ok: rr.ttl & EDNS_DO != 0,
+        };
+        if (rr.ttl >> 16) & 0xff != 0 {
+            return Err(reply(rcode::BADVERS, with_question, Some(this)));
+        }
+        edns = Some(this);
+    }
+
+    match qtype {
+        rtype::OPT => return Err(reply(rcode::FORMERR, with_question, edns)),
+        rtype::AXFR | rtype::IXFR | rtype::MAILA | rtype::MAILB => {
+            return Err(reply(rcode::NOTIMP, with_question, edns));
+        }
+        _ => {}
+    }
+
+    key.push(&qtype.to_be_bytes());
+    key.push(&qclass.to_be_bytes());
+    let mut key_flags = 0;
+    if edns.is_some_and(|e| e.dnssec_ok) {
+        key_flags |= KEY_DO;
+    }
+    if header.flags & flag::CD != 0 {
+        key_flags |= KEY_CD;
+    }
+    key.push(&[key_flags]);
+
+    Ok(Query {
+        msg,
+        header,
+        question_end,
+        edns,
+        key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &[&str], qtype: u16, flags: u16, opt: Option<[u8; 11]>) -> Vec<u8> {
+        let mut m = vec![0x12, 0x34];
+        m.extend_from_slice(&flags.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, u8::from(opt.is_some())]);
+        for l in name {
+            m.push(l.len() as u8);
+            m.extend_from_slice(l.as_bytes());
+        }
+        m.push(0);
+        m.extend_from_slice(&qtype.to_be_bytes());
+        m.extend_from_slice(&1u16.to_be_bytes());
+        if let Some(o) = opt {
+            m.extend_from_slice(&o);
+        }
+        m
+    }
+
+    fn rcode_of(r: Result<Query<'_>, Rejection>) -> Option<u16> {
+        match r {
+            Err(Rejection::Reply { rcode, .. }) => Some(rcode),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn key_is_lowercased_and_carries_do_and_cd() {
+        let opt = [0, 0, 41, 4, 0, 0, 0, 0x80, 0, 0, 0];
+        let m = query(&["WwW", "Example", "TEST"], 1, flag::RD | flag::CD, Some(opt));
+        let q = parse(&m).unwrap();
+        let key = Key(q.key.as_bytes());
+        assert_eq!(&key.question()[..18], b"\x03www\x07example\x04test\x00");
+        assert!(key.dnssec_ok());
+        assert!(key.checking_disabled());
+        assert_eq!(q.question(), &m[12..12 + 18 + 4]);
+        assert_eq!(q.udp_limit(), 1024);
+
+        let plain = query(&["www", "example", "test"], 1, flag::RD, None);
+        let p = parse(&plain).unwrap();
+        assert_ne!(p.key.as_bytes(), q.key.as_bytes());
+        assert_eq!(p.udp_limit(), 512);
+    }
+
+    #[test]
+    fn rejects_what_it_must() {
+        assert_eq!(parse(&[0; 11]).err(), Some(Rejection::Drop));
+        let response = query(&["a"], 1, flag::QR, None);
+        assert_eq!(parse(&response).err(), Some(Rejection::Drop));
+        let notify = query(&["a"], 1, 4 << 11, None);
+        assert_eq!(rcode_of(parse(&notify)), Some(rcode::NOTIMP));
+        let mut two = query(&["a"], 1, 0, None);
+        two[5] = 2;
+        assert_eq!(rcode_of(parse(&two)), Some(rcode::FORMERR));
+        let axfr = query(&["a"], rtype::AXFR, 0, None);
+        assert_eq!(rcode_of(parse(&axfr)), Some(rcode::NOTIMP));
+        let badvers = query(&["a"], 1, 0, Some([0, 0, 41, 4, 0, 0, 1, 0, 0, 0, 0]));
+        assert_eq!(rcode_of(parse(&badvers)), Some(rcode::BADVERS));
+        let cut = &query(&["abc"], 1, 0, None)[..15];
+        assert_eq!(rcode_of(parse(cut)), Some(rcode::FORMERR));
+        let mut ptr = query(&["a"], 1, 0, None);
+        ptr[12] = 0xc0;
+        assert_eq!(rcode_of(parse(&ptr)), Some(rcode::FORMERR));
+    }
+
+    #[test]
+    fn formerr_reply_echoes_id_and_question() {
+        let mut m = query(&["a"], 1, flag::RD, None);
+        m[7] = 1; // ANCOUNT 1, but no record follows
+        let rej = parse(&m).err().unwrap();
+        let mut out = Vec::new();
+        assert!(rej.write(&m, &mut out));
+        let h = Header::read(&out).unwrap();
+        assert_eq!(h.id, 0x1234);
+        assert_eq!(h.flags & flag::RCODE, rcode::FORMERR);
+        assert_ne!(h.flags & flag::QR, 0);
+        assert_ne!(h.flags & flag::RD, 0);
+        assert_eq!(h.qdcount, 1);
+        assert_eq!(&out[12..], &m[12..19]);
+    }
+}

@@ -1,0 +1,329 @@
+//! DNS wire format: the few fields the hot path needs, read in place without building a
+//! `Message` (RFC 1035 §4). Everything here is bounds-checked and returns
+//! [`Malformed`] instead of panicking, whatever the bytes.
+
+/// Length of the fixed DNS header (RFC 1035 §4.1.1).
+pub(crate) const HEADER_LEN: usize = 12;
+/// Longest name on the wire, length octets included (RFC 1035 §2.3.4).
+pub(crate) const MAX_NAME_LEN: usize = 255;
+/// Largest DNS message without EDNS over UDP (RFC 1035 §2.3.4).
+pub(crate) const CLASSIC_UDP_SIZE: u16 = 512;
+/// The EDNS buffer size we advertise, upstream and to clients (DNS Flag Day 2020, RFC 9715).
+pub(crate) const EDNS_UDP_SIZE: u16 = 1232;
+/// Largest DNS message over TCP (two-byte length prefix, RFC 1035 §4.2.2).
+pub(crate) const MAX_MESSAGE_LEN: usize = 65535;
+/// Largest TTL a cache may hand out (RFC 2181 §8: values with the top bit set are invalid).
+pub(crate) const MAX_TTL: u32 = i32::MAX as u32;
+
+/// Record types the hot path needs to recognise.
+pub(crate) mod rtype {
+    pub(crate) const SOA: u16 = 6;
+    pub(crate) const OPT: u16 = 41;
+    pub(crate) const IXFR: u16 = 251;
+    pub(crate) const AXFR: u16 = 252;
+    pub(crate) const MAILB: u16 = 253;
+    pub(crate) const MAILA: u16 = 254;
+    pub(crate) const ANY: u16 = 255;
+}
+
+/// Response codes (RFC 1035 §4.1.1, RFC 6891 §9 for BADVERS).
+pub(crate) mod rcode {
+    pub(crate) const NOERROR: u16 = 0;
+    pub(crate) const FORMERR: u16 = 1;
+    pub(crate) const SERVFAIL: u16 = 2;
+    pub(crate) const NXDOMAIN: u16 = 3;
+    pub(crate) const NOTIMP: u16 = 4;
+    pub(crate) const BADVERS: u16 = 16;
+}
+
+/// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2 for AD/CD).
+pub(crate) mod flag {
+    pub(crate) const QR: u16 = 0x8000;
+    pub(crate) const OPCODE: u16 = 0x7800;
+    pub(crate) const TC: u16 = 0x0200;
+    pub(crate) const RD: u16 = 0x0100;
+    pub(crate) const RA: u16 = 0x0080;
+    pub(crate) const AD: u16 = 0x0020;
+    pub(crate) const CD: u16 = 0x0010;
+    pub(crate) const RCODE: u16 = 0x000f;
+}
+
+/// The DO bit in the OPT record's TTL field (RFC 3225).
+pub(crate) const EDNS_DO: u32 = 0x8000;
+
+/// The bytes do not form a valid DNS message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Malformed;
+
+/// Reads a big-endian u16 at `pos`.
+#[inline]
+pub(crate) fn u16_at(msg: &[u8], pos: usize) -> Result<u16, Malformed> {
+    match msg.get(pos..pos + 2) {
+        Some(b) => Ok(u16::from_be_bytes([b[0], b[1]])),
+        None => Err(Malformed),
+    }
+}
+
+/// Reads a big-endian u32 at `pos`.
+#[inline]
+pub(crate) fn u32_at(msg: &[u8], pos: usize) -> Result<u32, Malformed> {
+    match msg.get(pos..pos + 4) {
+        Some(b) => Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+        None => Err(Malformed),
+    }
+}
+
+/// Writes a big-endian u16 at `pos`; `pos + 2` must be in bounds (callers write only
+/// into headers they have already length-checked).
+#[inline]
+pub(crate) fn set_u16(msg: &mut [u8], pos: usize, v: u16) {
+    msg[pos..pos + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// The fixed header fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) id: u16,
+    pub(crate) flags: u16,
+    pub(crate) qdcount: u16,
+    pub(crate) ancount: u16,
+    pub(crate) nscount: u16,
+    pub(crate) arcount: u16,
+}
+
+impl Header {
+    /// Reads the header, or `Malformed` when the message is shorter than 12 bytes.
+    #[inline]
+    pub(crate) fn read(msg: &[u8]) -> Result<Self, Malformed> {
+        if msg.len() < HEADER_LEN {
+            return Err(Malformed);
+        }
+        Ok(Self {
+            id: u16_at(msg, 0)?,
+            flags: u16_at(msg, 2)?,
+            qdcount: u16_at(msg, 4)?,
+            ancount: u16_at(msg, 6)?,
+            nscount: u16_at(msg, 8)?,
+            arcount: u16_at(msg, 10)?,
+        })
+    }
+
+    /// Appends the header to `out`.
+    #[inline]
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.id,
+            self.flags,
+            self.qdcount,
+            self.ancount,
+            self.nscount,
+            self.arcount,
+        ] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+/// Walks a possibly compressed name that starts at `pos` and returns the position just
+/// after it in the message. Compression pointers must point strictly backwards (RFC 1035
+/// §4.1.4: "a prior occurrence"), which also bounds the walk; the expanded name may not
+/// exceed 255 octets.
+pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> {
+    let mut end = None;
+    let mut len = 0usize;
+    let mut limit = pos;
+    loop {
+        let b = *msg.get(pos).ok_or(Malformed)?;
+        match b & 0xc0 {
+            0x00 => {
+                let l = usize::from(b);
+                len += l + 1;
+                if len > MAX_NAME_LEN {
+                    return Err(Malformed);
+                }
+                if l == 0 {
+                    return Ok(end.unwrap_or(pos + 1));
+                }
+                pos += 1 + l;
+            }
+            0xc0 => {
+                let target = usize::from(u16_at(msg, pos)? & 0x3fff);
+                if end.is_none() {
+                    end = Some(pos + 2);
+                }
+                if target >= limit {
+                    return Err(Malformed);
+                }
+                limit = target;
+                pos = target;
+            }
+            // 0x40 (extended label types, RFC 6891 §5) and 0x80 are not in use.
+            _ => return Err(Malformed),
+        }
+    }
+}
+
+/// One resource record's framing, as positions in the message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Record {
+    /// Where the owner name starts.
+    pub(crate) start: usize,
+    pub(crate) rtype: u16,
+    pub(crate) class: u16,
+    /// Where the 4-byte TTL field is.
+    pub(crate) ttl_pos: usize,
+    pub(crate) ttl: u32,
+    /// Where the RDATA starts.
+    pub(crate) rdata: usize,
+    /// Just past the record.
+    pub(crate) end: usize,
+}
+
+/// Reads the framing of the record at `pos`, checking that it lies inside the message.
+pub(crate) fn read_record(msg: &[u8], pos: usize) -> Result<Record, Malformed> {
+    let after_name = skip_name(msg, pos)?;
+    let rtype = u16_at(msg, after_name)?;
+    let class = u16_at(msg, after_name + 2)?;
+    let ttl = u32_at(msg, after_name + 4)?;
+    let rdlen = usize::from(u16_at(msg, after_name + 8)?);
+    let rdata = after_name + 10;
+    let end = rdata + rdlen;
+    if end > msg.len() {
+        return Err(Malformed);
+    }
+    Ok(Record {
+        start: pos,
+        rtype,
+        class,
+        ttl_pos: after_name + 4,
+        ttl,
+        rdata,
+        end,
+    })
+}
+
+/// The negative-caching TTL of an SOA record: min(SOA TTL, SOA MINIMUM) (RFC 2308 §5).
+pub(crate) fn soa_negative_ttl(msg: &[u8], soa: &Record) -> Result<u32, Malformed> {
+    let after_mname = skip_name(msg, soa.rdata)?;
+    let after_rname = skip_name(msg, after_mname)?;
+    // serial, refresh, retry, expire, minimum
+    if after_rname + 20 > soa.end {
+        return Err(Malformed);
+    }
+    let minimum = u32_at(msg, after_rname + 16)?;
+    Ok(soa.ttl.min(minimum))
+}
+
+/// EDNS parameters of a client's query (RFC 6891 §6.1.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Edns {
+    /// The client's UDP payload size, raised to 512 if it said less.
+    pub(crate) udp_size: u16,
+    /// DNSSEC OK.
+    pub(crate) dnssec_ok: bool,
+}
+
+/// Appends an OPT pseudo-record with our buffer size, the upper 8 bits of `rcode`, version 0
+/// and the DO bit.
+pub(crate) fn write_opt(out: &mut Vec<u8>, rcode: u16, dnssec_ok: bool) {
+    let ext = (rcode >> 4) as u8;
+    let do_byte = if dnssec_ok { 0x80 } else { 0 };
+    out.push(0); // root owner name
+    out.extend_from_slice(&rtype::OPT.to_be_bytes());
+    out.extend_from_slice(&EDNS_UDP_SIZE.to_be_bytes());
+    out.extend_from_slice(&[ext, 0, do_byte, 0]);
+    out.extend_from_slice(&0u16.to_be_bytes());
+}
+
+/// Writes a reply that carries only a response code: the client's ID, opcode, RD and CD
+/// echoed, the question echoed when `question` is the client's question section, and an OPT
+/// record when the client sent one.
+pub(crate) fn write_rcode_reply(
+    header: &Header,
+    rcode: u16,
+    question: Option<&[u8]>,
+    edns: Option<Edns>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let flags = flag::QR
+        | (header.flags & (flag::OPCODE | flag::RD | flag::CD))
+        | flag::RA
+        | (rcode & flag::RCODE);
+    Header {
+        id: header.id,
+        flags,
+        qdcount: u16::from(question.is_some()),
+        ancount: 0,
+        nscount: 0,
+        arcount: u16::from(edns.is_some()),
+    }
+    .write(out);
+    if let Some(q) = question {
+        out.extend_from_slice(q);
+    }
+    if let Some(e) = edns {
+        write_opt(out, rcode, e.dnssec_ok);
+    }
+}
+
+/// Builds the query we send upstream for a cache key: RD set, CD as the client asked, the
+/// question, and an OPT with our 1232-byte buffer and the DO bit as the client asked.
+pub(crate) fn upstream_query(key: crate::query::Key<'_>, id: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + key.question().len() + 11);
+    let cd = if key.checking_disabled() { flag::CD } else { 0 };
+    Header {
+        id,
+        flags: flag::RD | cd,
+        qdcount: 1,
+        ancount: 0,
+        nscount: 0,
+        arcount: 1,
+    }
+    .write(&mut out);
+    out.extend_from_slice(key.question());
+    write_opt(&mut out, 0, key.dnssec_ok());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skip_name_follows_backward_pointers_only() {
+        // header, then "a" + pointer to 12 (itself: forward/self -> invalid)
+        let mut msg = vec![0u8; 12];
+        msg.extend_from_slice(&[1, b'a', 0]); // 12..15: "a."
+        msg.extend_from_slice(&[1, b'b', 0xc0, 12]); // 15..19: "b.a."
+        assert_eq!(skip_name(&msg, 12), Ok(15));
+        assert_eq!(skip_name(&msg, 15), Ok(19));
+        // a pointer to itself loops: rejected
+        let mut looped = vec![0u8; 12];
+        looped.extend_from_slice(&[0xc0, 12]);
+        assert_eq!(skip_name(&looped, 12), Err(Malformed));
+        // two pointers pointing at each other
+        let mut pair = vec![0u8; 12];
+        pair.extend_from_slice(&[0xc0, 14, 0xc0, 12]);
+        assert_eq!(skip_name(&pair, 12), Err(Malformed));
+        assert_eq!(skip_name(&pair, 14), Err(Malformed));
+    }
+
+    #[test]
+    fn skip_name_rejects_overlong_and_truncated_names() {
+        let mut msg = vec![0u8; 12];
+        for _ in 0..5 {
+            msg.push(63);
+            msg.extend_from_slice(&[b'x'; 63]);
+        }
+        msg.push(0);
+        assert_eq!(skip_name(&msg, 12), Err(Malformed));
+        assert_eq!(skip_name(&[0u8; 12], 12), Err(Malformed));
+        let mut cut = vec![0u8; 12];
+        cut.extend_from_slice(&[3, b'a', b'b']);
+        assert_eq!(skip_name(&cut, 12), Err(Malformed));
+        let mut reserved = vec![0u8; 12];
+        reserved.extend_from_slice(&[0x41, 0]);
+        assert_eq!(skip_name(&reserved, 12), Err(Malformed));
+    }
+}
