@@ -59,7 +59,11 @@ pub(crate) struct Answer {
 impl Answer {
     /// Validates `resp` as the answer to `sent` (RFC 5452 §9.1: ID, QR=1, opcode and the
     /// whole question; the source address is checked by the connected socket) and keeps it.
-    pub(crate) fn parse(sent: &[u8], resp: &[u8], received: Instant) -> Result<Self, ResponseError> {
+    pub(crate) fn parse(
+        sent: &[u8],
+        resp: &[u8],
+        received: Instant,
+    ) -> Result<Self, ResponseError> {
         let sent_header = Header::read(sent)?;
         let header = Header::read(resp)?;
         if header.id != sent_header.id
@@ -178,15 +182,23 @@ impl Answer {
     /// upstream's rcode and (when the client asked for DNSSEC) AD, the client's question,
     /// the records with TTLs counted down to `now`, and an OPT record if the client sent one.
     /// Over `limit` bytes the client gets the header and question with TC=1 instead.
-    pub(crate) fn write_response(&self, query: &Query<'_>, now: Instant, limit: usize, out: &mut Vec<u8>) {
+    pub(crate) fn write_response(
+        &self,
+        query: &Query<'_>,
+        now: Instant,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) {
         let elapsed = u32::try_from(now.saturating_duration_since(self.received).as_secs())
             .unwrap_or(u32::MAX);
         let qflags = query.header.flags;
-        let wants_ad =
-            qflags & flag::AD != 0 || query.edns.is_some_and(|e| e.dnssec_ok);
+        let wants_ad = qflags & flag::AD != 0 || query.edns.is_some_and(|e| e.dnssec_ok);
         let ad = if wants_ad { self.flags() & flag::AD } else { 0 };
-        let mut flags =
-            flag::QR | (qflags & (flag::RD | flag::CD)) | flag::RA | ad | (self.rcode & flag::RCODE);
+        let mut flags = flag::QR
+            | (qflags & (flag::RD | flag::CD))
+            | flag::RA
+            | ad
+            | (self.rcode & flag::RCODE);
         let question_end = query.question_end;
         let extra = if query.edns.is_some() { 11 } else { 0 };
 
@@ -231,4 +243,203 @@ fn write_header(out: &mut Vec<u8>, query: &Query<'_>, flags: u16, counts: [u16; 
         arcount: counts[2],
     }
     .write(out);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
+    use hickory_proto::rr::rdata::{A, SOA, TXT};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+
+    use super::*;
+    use crate::query::{self, Key};
+    use crate::wire::upstream_query;
+
+    /// A client query for `name`/`rtype`, optionally with EDNS.
+    pub(crate) fn client_query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut m = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+        m.metadata.recursion_desired = true;
+        m.add_query(HQuery::query(Name::from_str(name).unwrap(), rtype));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    /// The response an upstream would send to `sent`, with these sections.
+    pub(crate) fn response_to(
+        sent: &[u8],
+        rcode: ResponseCode,
+        answers: Vec<Record>,
+        authorities: Vec<Record>,
+    ) -> Vec<u8> {
+        let q = Message::from_vec(sent).unwrap();
+        let mut m = Message::response(q.metadata.id, OpCode::Query);
+        m.metadata.response_code = rcode;
+        m.metadata.recursion_available = true;
+        m.add_queries(q.queries.clone());
+        m.add_answers(answers);
+        m.add_authorities(authorities);
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+        m.to_vec().unwrap()
+    }
+
+    pub(crate) fn a(name: &str, ttl: u32, ip: [u8; 4]) -> Record {
+        Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::A(A(ip.into())))
+    }
+
+    pub(crate) fn soa(ttl: u32, minimum: u32) -> Record {
+        let soa = SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("hostmaster.test.").unwrap(),
+            1,
+            3600,
+            600,
+            86400,
+            minimum,
+        );
+        Record::from_rdata(Name::from_str("test.").unwrap(), ttl, RData::SOA(soa))
+    }
+
+    /// Parses `resp` as the answer to the upstream query made from `client`.
+    pub(crate) fn exchange(
+        client: &[u8],
+        answers: Vec<Record>,
+        rcode: ResponseCode,
+    ) -> (Vec<u8>, Answer) {
+        let q = query::parse(client).unwrap();
+        let sent = upstream_query(Key(q.key.as_bytes()), 0x1111);
+        let resp = response_to(&sent, rcode, answers, vec![]);
+        let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
+        (sent, answer)
+    }
+
+    #[test]
+    fn mismatched_packets_are_not_answers() {
+        let client = client_query("a.test.", RecordType::A, None);
+        let q = query::parse(&client).unwrap();
+        let sent = upstream_query(Key(q.key.as_bytes()), 0x1111);
+        let good = response_to(
+            &sent,
+            ResponseCode::NoError,
+            vec![a("a.test.", 60, [1, 2, 3, 4])],
+            vec![],
+        );
+        let now = Instant::now();
+        assert!(Answer::parse(&sent, &good, now).is_ok());
+
+        let mut wrong_id = good.clone();
+        wrong_id[0] ^= 1;
+        assert_eq!(
+            Answer::parse(&sent, &wrong_id, now).err(),
+            Some(ResponseError::Mismatch)
+        );
+        let mut not_response = good.clone();
+        not_response[2] &= 0x7f;
+        assert_eq!(
+            Answer::parse(&sent, &not_response, now).err(),
+            Some(ResponseError::Mismatch)
+        );
+        let mut other_name = good.clone();
+        other_name[13] = b'z';
+        assert_eq!(
+            Answer::parse(&sent, &other_name, now).err(),
+            Some(ResponseError::Mismatch)
+        );
+        let mut other_type = good.clone();
+        other_type[20] = 28;
+        assert_eq!(
+            Answer::parse(&sent, &other_type, now).err(),
+            Some(ResponseError::Mismatch)
+        );
+        assert_eq!(
+            Answer::parse(&sent, &good[..good.len() - 13], now).err(),
+            Some(ResponseError::Malformed)
+        );
+        // Letter case may differ (0x20 or a server that lower-cases).
+        let mut upper = good.clone();
+        upper[13] = b'A';
+        assert!(Answer::parse(&sent, &upper, now).is_ok());
+    }
+
+    #[test]
+    fn written_answer_echoes_the_client_and_drops_the_upstream_opt() {
+        let mut client = client_query("www.example.test.", RecordType::A, None);
+        client[13..16].copy_from_slice(b"WWW");
+        let (_, mut answer) = exchange(
+            &client,
+            vec![a("www.example.test.", 300, [192, 0, 2, 1])],
+            ResponseCode::NoError,
+        );
+        answer.set_ttls(0, 300, 300);
+        let q = query::parse(&client).unwrap();
+        let mut out = Vec::new();
+        answer.write_response(
+            &q,
+            answer.received + std::time::Duration::from_secs(100),
+            512,
+            &mut out,
+        );
+        let msg = Message::from_vec(&out).unwrap();
+        assert_eq!(msg.metadata.id, 0xbeef);
+        assert!(msg.metadata.recursion_desired);
+        assert_eq!(&out[12..q.question_end], q.question());
+        assert_eq!(
+            &out[12..16],
+            b"\x03WWW",
+            "the client's letter case is echoed"
+        );
+        assert_eq!(msg.answers.len(), 1);
+        assert_eq!(msg.answers[0].ttl, 200, "TTL counts down");
+        assert!(msg.edns.is_none(), "no OPT for a client that sent none");
+
+        let with_edns = client_query("www.example.test.", RecordType::A, Some(4096));
+        let q = query::parse(&with_edns).unwrap();
+        answer.write_response(&q, answer.received, 4096, &mut out);
+        let msg = Message::from_vec(&out).unwrap();
+        assert_eq!(msg.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+        assert_eq!(msg.answers[0].ttl, 300);
+    }
+
+    #[test]
+    fn oversized_udp_answer_is_truncated_for_the_client() {
+        let client = client_query("big.test.", RecordType::TXT, None);
+        let txt = |i: usize| {
+            Record::from_rdata(
+                Name::from_str("big.test.").unwrap(),
+                60,
+                RData::TXT(TXT::new(vec![format!("{i:0>100}")])),
+            )
+        };
+        let (_, answer) = exchange(&client, (0..10).map(txt).collect(), ResponseCode::NoError);
+        let q = query::parse(&client).unwrap();
+        let mut out = Vec::new();
+        answer.write_response(&q, answer.received, 512, &mut out);
+        let msg = Message::from_vec(&out).unwrap();
+        assert!(msg.metadata.truncation);
+        assert!(msg.answers.is_empty());
+        assert_eq!(msg.queries.len(), 1);
+        answer.write_response(&q, answer.received, 65535, &mut out);
+        let msg = Message::from_vec(&out).unwrap();
+        assert!(!msg.metadata.truncation);
+        assert_eq!(msg.answers.len(), 10);
+    }
+
+    #[test]
+    fn soa_facts_are_gathered() {
+        let client = client_query("nope.test.", RecordType::A, None);
+        let q = query::parse(&client).unwrap();
+        let sent = upstream_query(Key(q.key.as_bytes()), 7);
+        let resp = response_to(&sent, ResponseCode::NXDomain, vec![], vec![soa(300, 60)]);
+        let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
+        assert_eq!(answer.rcode, rcode::NXDOMAIN);
+        assert_eq!(answer.facts.negative_ttl, Some(60));
+        assert!(!answer.facts.has_qtype);
+    }
 }

@@ -102,3 +102,141 @@ impl AnswerCache {
         self.entries.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+
+    use super::*;
+    use crate::answer::tests::{a, client_query, exchange, response_to, soa};
+    use crate::query::{self, Key};
+    use crate::wire::upstream_query;
+
+    const POLICY: TtlPolicy = TtlPolicy {
+        min_ttl: 0,
+        max_ttl: 86_400,
+        negative_max_ttl: 3_600,
+    };
+
+    fn lifetime_of(
+        answers: Vec<crate::proto::rr::Record>,
+        authority: Vec<crate::proto::rr::Record>,
+        rcode: ResponseCode,
+        policy: TtlPolicy,
+    ) -> u32 {
+        let client = client_query("a.test.", RecordType::A, None);
+        let q = query::parse(&client).unwrap();
+        let sent = upstream_query(Key(q.key.as_bytes()), 1);
+        let resp = response_to(&sent, rcode, answers, authority);
+        let mut answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
+        policy.apply(&mut answer);
+        answer.lifetime
+    }
+
+    #[test]
+    fn positive_answers_live_for_their_smallest_ttl_clamped() {
+        let two = || {
+            vec![
+                a("a.test.", 300, [1, 1, 1, 1]),
+                a("a.test.", 60, [2, 2, 2, 2]),
+            ]
+        };
+        assert_eq!(
+            lifetime_of(two(), vec![], ResponseCode::NoError, POLICY),
+            60
+        );
+        let clamped = TtlPolicy {
+            min_ttl: 120,
+            max_ttl: 200,
+            ..POLICY
+        };
+        assert_eq!(
+            lifetime_of(two(), vec![], ResponseCode::NoError, clamped),
+            120
+        );
+        let huge = vec![a("a.test.", u32::MAX, [1, 1, 1, 1])];
+        let unclamped = TtlPolicy {
+            max_ttl: u32::MAX,
+            ..POLICY
+        };
+        assert_eq!(
+            lifetime_of(huge, vec![], ResponseCode::NoError, unclamped),
+            MAX_TTL
+        );
+    }
+
+    #[test]
+    fn negative_answers_follow_rfc_2308() {
+        assert_eq!(
+            lifetime_of(vec![], vec![soa(300, 60)], ResponseCode::NXDomain, POLICY),
+            60
+        );
+        assert_eq!(
+            lifetime_of(vec![], vec![soa(30, 600)], ResponseCode::NoError, POLICY),
+            30
+        );
+        assert_eq!(
+            lifetime_of(
+                vec![],
+                vec![soa(9000, 9000)],
+                ResponseCode::NXDomain,
+                POLICY
+            ),
+            3600
+        );
+        assert_eq!(
+            lifetime_of(vec![], vec![], ResponseCode::NXDomain, POLICY),
+            0,
+            "no SOA, no caching"
+        );
+        assert_eq!(
+            lifetime_of(vec![], vec![], ResponseCode::ServFail, POLICY),
+            0
+        );
+    }
+
+    #[test]
+    fn expired_entries_are_never_served() {
+        let client = client_query("a.test.", RecordType::A, None);
+        let (_, mut answer) = exchange(
+            &client,
+            vec![a("a.test.", 5, [1, 1, 1, 1])],
+            ResponseCode::NoError,
+        );
+        POLICY.apply(&mut answer);
+        let received = answer.received;
+        let answer = Arc::new(answer);
+        let cache = AnswerCache::new(10, POLICY);
+        let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
+        cache.insert(&key, &answer);
+        assert!(
+            cache
+                .get(&key, received + std::time::Duration::from_millis(4999))
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(&key, received + std::time::Duration::from_secs(5))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn capacity_is_never_exceeded() {
+        let cache = AnswerCache::new(50, POLICY);
+        for i in 0..500u32 {
+            let name = format!("n{i}.test.");
+            let client = client_query(&name, RecordType::A, None);
+            let (_, mut answer) = exchange(
+                &client,
+                vec![a(&name, 300, [1, 1, 1, 1])],
+                ResponseCode::NoError,
+            );
+            POLICY.apply(&mut answer);
+            let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
+            cache.insert(&key, &Arc::new(answer));
+            assert!(cache.len() <= 50);
+        }
+    }
+}

@@ -48,7 +48,9 @@ impl Resolver {
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(fqdn, rtype));
         msg.set_edns(Edns::new());
-        let wire = msg.to_vec().map_err(|_| Error::InvalidName(Arc::from(name)))?;
+        let wire = msg
+            .to_vec()
+            .map_err(|_| Error::InvalidName(Arc::from(name)))?;
         let Ok(q) = query::parse(&wire) else {
             return Err(Error::InvalidName(Arc::from(name)));
         };

@@ -268,7 +268,12 @@ mod tests {
     #[test]
     fn key_is_lowercased_and_carries_do_and_cd() {
         let opt = [0, 0, 41, 4, 0, 0, 0, 0x80, 0, 0, 0];
-        let m = query(&["WwW", "Example", "TEST"], 1, flag::RD | flag::CD, Some(opt));
+        let m = query(
+            &["WwW", "Example", "TEST"],
+            1,
+            flag::RD | flag::CD,
+            Some(opt),
+        );
         let q = parse(&m).unwrap();
         let key = Key(q.key.as_bytes());
         assert_eq!(&key.question()[..18], b"\x03www\x07example\x04test\x00");

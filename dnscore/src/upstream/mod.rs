@@ -76,7 +76,11 @@ impl Pool {
         loop {
             let now = Instant::now();
             let candidate = (launched < self.config.max_attempts)
-                .then(|| (0..n).map(|k| (first + launched + k) % n).find(|&i| !gave_up[i]))
+                .then(|| {
+                    (0..n)
+                        .map(|k| (first + launched + k) % n)
+                        .find(|&i| !gave_up[i])
+                })
                 .flatten();
             if let Some(i) = candidate
                 && (attempts.is_empty() || now >= next_launch)

@@ -217,7 +217,9 @@ impl Connection {
         self.closed.store(true, Ordering::Release);
         let drained: Vec<Pending> = self.pending().drain().map(|(_, p)| p).collect();
         for p in drained {
-            let _ = p.reply.send(Err(UpstreamError::ConnectionClosed(self.addr)));
+            let _ = p
+                .reply
+                .send(Err(UpstreamError::ConnectionClosed(self.addr)));
         }
     }
 }

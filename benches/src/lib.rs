@@ -1,0 +1,1 @@
+//! The benchmarks are in `benches/benches/`; this library is empty.
