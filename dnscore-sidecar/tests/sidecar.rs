@@ -1,0 +1,225 @@
+//! The sidecar over real UDP and TCP sockets on loopback, in-process and as the real binary.
+
+use std::net::{SocketAddr, UdpSocket as StdUdp};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use dnscore::Resolver;
+use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use dnscore::proto::rr::{Name, RecordType};
+use dnscore_testkit::{Proto, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::oneshot;
+
+fn query(id: u16, name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+    if edns {
+        m.set_edns(Edns::new());
+    }
+    m.to_vec().unwrap()
+}
+
+struct Sidecar {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sidecar {
+    async fn start(upstreams: &[SocketAddr]) -> Self {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(addr).await.unwrap();
+        let resolver = Resolver::builder()
+            .upstreams(upstreams.iter().copied())
+            .attempt_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(dnscore_sidecar::serve(udp, tcp, resolver, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(5), &mut self.task)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap();
+    }
+}
+
+async fn ask_udp(server: SocketAddr, msg: &[u8]) -> Option<Message> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(msg, server).await.unwrap();
+    let mut buf = vec![0u8; 65535];
+    let len = tokio::time::timeout(Duration::from_millis(300), sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(Message::from_vec(&buf[..len]).unwrap())
+}
+
+async fn read_frame(stream: &mut TcpStream) -> Message {
+    let len = stream.read_u16().await.unwrap();
+    let mut buf = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut buf).await.unwrap();
+    Message::from_vec(&buf).unwrap()
+}
+
+#[tokio::test]
+async fn serves_udp_with_truncation_and_tcp_with_pipelining() {
+    let up = TestUpstream::start().await.unwrap();
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+
+    let a = ask_udp(sidecar.addr, &query(1, "a.test.", RecordType::A, false)).await.unwrap();
+    assert_eq!(a.metadata.id, 1);
+    assert_eq!(a.answers.len(), 1);
+
+    let big = ask_udp(sidecar.addr, &query(2, "big.test.", RecordType::TXT, false)).await.unwrap();
+    assert!(big.metadata.truncation, "a 512-byte client gets TC=1");
+
+    // Three queries in one write; the answers come back matched by ID.
+    let mut stream = TcpStream::connect(sidecar.addr).await.unwrap();
+    let mut frames = Vec::new();
+    for (id, name, rtype) in [
+        (10, "big.test.", RecordType::TXT),
+        (11, "a.test.", RecordType::AAAA),
+        (12, "nope.test.", RecordType::A),
+    ] {
+        let q = query(id, name, rtype, true);
+        frames.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        frames.extend_from_slice(&q);
+    }
+    stream.write_all(&frames).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let m = read_frame(&mut stream).await;
+        match m.metadata.id {
+            10 => assert!(m.answers.len() >= 20 && !m.metadata.truncation),
+            11 => assert_eq!(m.answers.len(), 1),
+            12 => assert_eq!(m.metadata.response_code, ResponseCode::NXDomain),
+            other => panic!("unexpected id {other}"),
+        }
+        seen.push(m.metadata.id);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![10, 11, 12]);
+    assert_eq!(up.queries("big.test.", Proto::Tcp), 1, "the TC answer was fetched whole once");
+    drop(stream);
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn bad_packets_are_dropped_or_answered_formerr_and_the_server_survives() {
+    let up = TestUpstream::start().await.unwrap();
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+    assert!(ask_udp(sidecar.addr, &[0x12, 0x34, 0x01]).await.is_none());
+    let mut response = query(3, "a.test.", RecordType::A, false);
+    response[2] |= 0x80;
+    assert!(ask_udp(sidecar.addr, &response).await.is_none(), "QR=1 is never answered");
+    let mut two = query(4, "a.test.", RecordType::A, false);
+    two[5] = 2;
+    let formerr = ask_udp(sidecar.addr, &two).await.unwrap();
+    assert_eq!(formerr.metadata.id, 4);
+    assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
+    let ok = ask_udp(sidecar.addr, &query(5, "a.test.", RecordType::A, false)).await.unwrap();
+    assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(up.total_queries(), 1);
+    sidecar.stop().await;
+}
+
+/// `dig` falls back to TCP on TC=1, as glibc does; the sidecar must serve both legs.
+#[tokio::test]
+async fn dig_gets_the_whole_answer_through_tcp_fallback() {
+    if Command::new("dig").arg("-v").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install dig (dnsutils)");
+        eprintln!("skipped: dig is not installed (apt-get install dnsutils)");
+        return;
+    }
+    let up = TestUpstream::start().await.unwrap();
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+    let port = sidecar.addr.port().to_string();
+    let out = tokio::process::Command::new("dig")
+        .args(["+time=2", "+tries=1", "+noedns", "-p", &port, "@127.0.0.1", "big.test", "TXT"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status: NOERROR"), "{text}");
+    assert!(text.contains("Truncated, retrying in TCP mode"), "{text}");
+    let txt_lines = text.lines().filter(|l| l.contains("\tTXT\t")).count();
+    assert!(txt_lines >= 20, "{text}");
+    sidecar.stop().await;
+}
+
+fn free_port() -> u16 {
+    // UDP and TCP share the number; the sidecar binds both.
+    loop {
+        let udp = StdUdp::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
+    let up = TestUpstream::start().await.unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["--listen", &listen, "--upstream", &up.addr().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let server: SocketAddr = listen.parse().unwrap();
+    let mut answered = None;
+    for _ in 0..50 {
+        if let Some(m) = ask_udp(server, &query(1, "a.test.", RecordType::A, false)).await {
+            answered = Some(m);
+            break;
+        }
+    }
+    let m = answered.expect("the sidecar answers");
+    assert_eq!(m.answers.len(), 1);
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn the_binary_refuses_to_forward_to_itself() {
+    let dir = std::env::temp_dir().join(format!("dnscore-sidecar-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, "search default.svc.cluster.local\nnameserver 127.0.0.1\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["--listen", "127.0.0.1:53", "--resolv-conf"])
+        .arg(&conf)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loop") && err.contains("--upstream"), "{err}");
+}

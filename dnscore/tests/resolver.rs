@@ -1,0 +1,399 @@
+//! The resolver against real upstream servers on loopback (dnscore-testkit): every claim is
+//! proved by what the upstream saw.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use dnscore::proto::rr::{Name, RData, RecordType};
+use dnscore::{Error, Resolver, Transport};
+use dnscore_testkit::{Behavior, Proto, TestUpstream};
+
+fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+fn parse(bytes: &[u8]) -> Message {
+    Message::from_vec(bytes).expect("the resolver's answer parses")
+}
+
+fn ipv4s(msg: &Message) -> Vec<IpAddr> {
+    msg.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn resolver(upstreams: &[SocketAddr]) -> Resolver {
+    Resolver::builder()
+        .upstreams(upstreams.iter().copied())
+        .attempt_timeout(Duration::from_millis(200))
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn answers_then_serves_repeats_from_the_cache() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    let first = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(first.metadata.id, 1);
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(ipv4s(&first), vec![IpAddr::from([192, 0, 2, 1])]);
+    assert!(first.metadata.recursion_available);
+    for id in 2..10 {
+        let again = parse(&r.resolve(&query(id, "A.TEST.", RecordType::A, None)).await.unwrap());
+        assert_eq!(again.metadata.id, id);
+        assert_eq!(ipv4s(&again), vec![IpAddr::from([192, 0, 2, 1])]);
+    }
+    assert_eq!(up.queries("a.test.", Proto::Udp), 1, "repeats come from the cache");
+    assert_eq!(up.total_queries(), 1);
+}
+
+#[tokio::test]
+async fn upstream_gets_edns_1232_and_the_do_bit() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    let mut m = Message::from_vec(&query(1, "a.test.", RecordType::A, Some(4096))).unwrap();
+    if let Some(e) = m.edns.as_mut() {
+        e.set_dnssec_ok(true);
+    }
+    let reply = parse(&r.resolve(&m.to_vec().unwrap()).await.unwrap());
+    assert_eq!(reply.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+    let seen = up.last_query().expect("upstream saw the query");
+    let edns = seen.edns.expect("upstream query carries EDNS");
+    assert_eq!(edns.max_payload(), 1232);
+    assert!(edns.flags().dnssec_ok);
+    assert_ne!(seen.metadata.id, 1, "the upstream ID is our own random one");
+}
+
+#[tokio::test]
+async fn concurrent_identical_queries_share_one_upstream_query() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_behavior("a.test.", Behavior::Delay(Duration::from_millis(150)));
+    let r = resolver(&[up.addr()]);
+    let mut tasks = Vec::new();
+    for id in 0..100u16 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = if id % 2 == 0 { "a.test." } else { "A.Test." };
+            let bytes = r.resolve(&query(id, name, RecordType::A, None)).await.unwrap();
+            (id, parse(&bytes))
+        }));
+    }
+    for task in tasks {
+        let (id, reply) = task.await.unwrap();
+        assert_eq!(reply.metadata.id, id, "each caller gets its own ID back");
+        assert_eq!(ipv4s(&reply), vec![IpAddr::from([192, 0, 2, 1])]);
+    }
+    assert_eq!(up.total_queries(), 1);
+    assert_eq!(r.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn cancelling_the_first_caller_does_not_cancel_the_shared_query() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_behavior("a.test.", Behavior::Delay(Duration::from_millis(150)));
+    let r = resolver(&[up.addr()]);
+    let first = {
+        let r = r.clone();
+        tokio::spawn(async move { r.resolve(&query(1, "a.test.", RecordType::A, None)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let second = {
+        let r = r.clone();
+        tokio::spawn(async move { r.resolve(&query(2, "a.test.", RecordType::A, None)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    first.abort();
+    let reply = parse(&second.await.unwrap().unwrap());
+    assert_eq!(reply.metadata.id, 2);
+    assert_eq!(ipv4s(&reply), vec![IpAddr::from([192, 0, 2, 1])]);
+    assert_eq!(up.total_queries(), 1);
+}
+
+#[tokio::test]
+async fn truncated_udp_answer_is_asked_again_over_tcp_and_cached_whole() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    let full = parse(&r.resolve(&query(1, "big.test.", RecordType::TXT, None)).await.unwrap());
+    assert!(!full.metadata.truncation);
+    assert!(full.answers.len() >= 20, "all TXT records: {}", full.answers.len());
+    assert_eq!(up.queries("big.test.", Proto::Udp), 1);
+    assert_eq!(up.queries("big.test.", Proto::Tcp), 1);
+
+    // A UDP client without EDNS gets TC=1 from the cache, and no new upstream query.
+    let udp = r
+        .resolve_with(&query(2, "big.test.", RecordType::TXT, None), Transport::Udp)
+        .await
+        .unwrap();
+    assert!(udp.len() <= 512);
+    let udp = parse(&udp);
+    assert!(udp.metadata.truncation);
+    assert!(udp.answers.is_empty());
+    assert_eq!(udp.queries.len(), 1);
+    assert_eq!(up.total_queries(), 2);
+}
+
+#[tokio::test]
+async fn tcp_client_still_goes_upstream_over_udp_first() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    r.resolve_with(&query(1, "a.test.", RecordType::A, None), Transport::Tcp)
+        .await
+        .unwrap();
+    assert_eq!(up.queries("a.test.", Proto::Udp), 1);
+    assert_eq!(up.queries("a.test.", Proto::Tcp), 0);
+}
+
+#[tokio::test]
+async fn many_truncated_answers_share_at_most_two_tcp_connections() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_default_behavior(Behavior::TruncateUdp);
+    let r = resolver(&[up.addr()]);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("n{i}.test.");
+            parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap())
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(up.total_queries(), 80, "40 over UDP, then 40 over TCP");
+    assert!(up.tcp_connections() <= 2, "{} connections", up.tcp_connections());
+}
+
+#[tokio::test]
+async fn truncated_over_tcp_ends_in_servfail_not_a_loop() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_default_behavior(Behavior::TruncateAlways);
+    let r = resolver(&[up.addr()]);
+    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(up.queries("a.test.", Proto::Tcp), 1, "the broken upstream is not asked again");
+    assert_eq!(up.queries("a.test.", Proto::Udp), 1);
+}
+
+/// An evicted CoreDNS pod: its port is closed. Every query is still answered, and at once:
+/// the attempt timeout is far longer than the whole test is allowed to take.
+#[tokio::test]
+async fn closed_upstream_is_skipped_at_once() {
+    let dead = TestUpstream::start().await.unwrap();
+    let live = TestUpstream::start_on([127, 0, 0, 2].into()).await.unwrap();
+    dead.stop();
+    let r = Resolver::builder()
+        .upstream(dead.addr())
+        .upstream(live.addr())
+        .attempt_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    for i in 0..50 {
+        let name = format!("n{i}.test.");
+        let reply = parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap());
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a closed port must fail the attempt at once, not after the 5 s attempt timeout"
+    );
+    assert_eq!(live.total_queries(), 50);
+}
+
+#[tokio::test]
+async fn servfail_and_refused_are_retried_on_another_upstream() {
+    for bad in [Behavior::ServFail, Behavior::Refused] {
+        let sick = TestUpstream::start().await.unwrap();
+        let well = TestUpstream::start_on([127, 0, 0, 3].into()).await.unwrap();
+        sick.set_default_behavior(bad.clone());
+        let r = resolver(&[sick.addr(), well.addr()]);
+        for i in 0..20 {
+            let name = format!("n{i}.test.");
+            let reply = parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap());
+            assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{bad:?}");
+        }
+        assert_eq!(well.total_queries(), 20);
+        assert!(sick.total_queries() <= 20, "the sick upstream is asked at most once per query");
+    }
+}
+
+#[tokio::test]
+async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_default_behavior(Behavior::Refused);
+    let r = resolver(&[up.addr()]);
+    let reply = parse(&r.resolve(&query(7, "a.test.", RecordType::A, Some(1232))).await.unwrap());
+    assert_eq!(reply.metadata.id, 7);
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(reply.edns.is_some(), "the client's EDNS is answered");
+
+    // SERVFAIL is not cached: once the upstream recovers, the next query is answered.
+    up.set_default_behavior(Behavior::Normal);
+    let reply = parse(&r.resolve(&query(8, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+}
+
+#[tokio::test]
+async fn silent_upstreams_end_in_servfail_within_the_deadline() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_default_behavior(Behavior::Drop);
+    let r = Resolver::builder()
+        .upstream(up.addr())
+        .attempt_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(up.total_queries() >= 2, "the silent upstream was asked again with a new socket");
+}
+
+#[tokio::test]
+async fn forged_answers_are_ignored_and_never_cached() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_behavior("a.test.", Behavior::ForgeFirst);
+    let r = resolver(&[up.addr()]);
+    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(ipv4s(&reply), vec![IpAddr::from([192, 0, 2, 1])]);
+    let cached = parse(&r.resolve(&query(2, "a.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(ipv4s(&cached), vec![IpAddr::from([192, 0, 2, 1])]);
+    assert!(cached.answers.iter().all(|rec| rec.ttl <= 300));
+    assert_eq!(up.total_queries(), 1);
+}
+
+#[tokio::test]
+async fn negative_answers_are_cached_for_the_soa_minimum() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    for id in 0..3 {
+        let nx = parse(&r.resolve(&query(id, "nope.test.", RecordType::A, None)).await.unwrap());
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(nx.authorities.iter().all(|s| s.ttl <= 60), "SOA TTL is the negative TTL");
+        let nodata = parse(&r.resolve(&query(id, "b.test.", RecordType::AAAA, None)).await.unwrap());
+        assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+        assert!(nodata.answers.is_empty());
+    }
+    assert_eq!(up.total_queries(), 2);
+}
+
+#[tokio::test]
+async fn ttls_count_down_and_expired_entries_are_asked_again() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap();
+    r.resolve(&query(1, "short.test.", RecordType::A, None)).await.unwrap();
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(100)).await;
+    let later = parse(&r.resolve(&query(2, "a.test.", RecordType::A, None)).await.unwrap());
+    let ttl = later.answers[0].ttl;
+    assert!((199..=200).contains(&ttl), "TTL 300 counted down by 100 s: {ttl}");
+    tokio::time::resume();
+    // short.test has TTL 1: long expired after 100 s.
+    let again = parse(&r.resolve(&query(3, "short.test.", RecordType::A, None)).await.unwrap());
+    assert_eq!(again.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(up.queries("short.test.", Proto::Udp), 2);
+    assert_eq!(up.queries("a.test.", Proto::Udp), 1);
+}
+
+#[tokio::test]
+async fn unanswerable_packets_are_dropped_and_malformed_ones_get_formerr() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    assert!(matches!(r.resolve(&[1, 2, 3]).await, Err(Error::Malformed)));
+    let mut response = query(1, "a.test.", RecordType::A, None);
+    response[2] |= 0x80;
+    assert!(matches!(r.resolve(&response).await, Err(Error::Malformed)));
+    let mut two_questions = query(5, "a.test.", RecordType::A, None);
+    two_questions[5] = 2;
+    let reply = parse(&r.resolve(&two_questions).await.unwrap());
+    assert_eq!(reply.metadata.id, 5);
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    let cut = &query(6, "a.test.", RecordType::A, None)[..16];
+    let reply = parse(&r.resolve(cut).await.unwrap());
+    assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+    assert_eq!(up.total_queries(), 0, "nothing malformed reaches the upstream");
+}
+
+#[tokio::test]
+async fn lookup_and_lookup_ip() {
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    let mut ips = r.lookup_ip("a.test").await.unwrap();
+    ips.sort();
+    assert_eq!(
+        ips,
+        vec![IpAddr::from([192, 0, 2, 1]), "2001:db8::1".parse().unwrap()]
+    );
+    let alias = r.lookup("alias.test.", RecordType::A).await.unwrap();
+    assert_eq!(alias.rdata_of(RecordType::CNAME).count(), 1);
+    assert_eq!(alias.rdata_of(RecordType::A).count(), 1);
+    assert!(matches!(r.lookup_ip("nope.test").await, Err(Error::NxDomain)));
+    assert!(matches!(r.lookup("bad..name", RecordType::A).await, Err(Error::InvalidName(_))));
+    assert_eq!(r.lookup_ip("10.1.2.3").await.unwrap(), vec![IpAddr::from([10, 1, 2, 3])]);
+    let before = up.total_queries();
+    r.lookup_ip("a.test").await.unwrap();
+    assert_eq!(up.total_queries(), before, "lookups share the cache");
+}
+
+#[tokio::test]
+async fn lookup_reports_why_no_upstream_answered() {
+    let up = TestUpstream::start().await.unwrap();
+    up.stop();
+    let r = resolver(&[up.addr()]);
+    match r.lookup("a.test.", RecordType::A).await {
+        Err(Error::NoAnswer(cause)) => {
+            assert!(matches!(*cause, dnscore::UpstreamError::Refused(_)), "{cause}")
+        }
+        other => panic!("expected NoAnswer, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn usable_as_a_tower_service() {
+    use tower::ServiceExt;
+    let up = TestUpstream::start().await.unwrap();
+    let r = resolver(&[up.addr()]);
+    let bytes = r
+        .oneshot(query(9, "a.test.", RecordType::A, None))
+        .await
+        .unwrap();
+    assert_eq!(ipv4s(&parse(&bytes)), vec![IpAddr::from([192, 0, 2, 1])]);
+}
+
+#[test]
+fn builder_rejects_bad_settings() {
+    assert!(matches!(Resolver::builder().build(), Err(Error::NoUpstreams)));
+    let up: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    assert!(matches!(
+        Resolver::builder().upstream(up).cache_capacity(0).build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        Resolver::builder().upstream(up).min_ttl(10).max_ttl(5).build(),
+        Err(Error::Config(_))
+    ));
+    assert!(matches!(
+        Resolver::builder().upstream(up).timeout(Duration::ZERO).build(),
+        Err(Error::Config(_))
+    ));
+}
