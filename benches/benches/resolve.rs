@@ -54,7 +54,11 @@ fn cache_hit(c: &mut Criterion) {
     // The synchronous hit path the sidecar uses, with a reused output buffer.
     group.bench_function("resolve_cached/1_thread", |b| {
         let mut out = Vec::with_capacity(512);
-        b.iter(|| resolver.resolve_cached(&q, Transport::Udp, &mut out).unwrap());
+        b.iter(|| {
+            resolver
+                .resolve_cached(&q, Transport::Udp, &mut out)
+                .unwrap()
+        });
     });
 
     // Two threads hitting the same entry at once: time per query across both (wall time /
@@ -75,7 +79,9 @@ fn two_threads(resolver: &Resolver, q: &[u8], iters: u64) -> Duration {
                 let mut out = Vec::with_capacity(512);
                 barrier.wait();
                 for _ in 0..per_thread {
-                    let hit = resolver.resolve_cached(q, Transport::Udp, &mut out).unwrap();
+                    let hit = resolver
+                        .resolve_cached(q, Transport::Udp, &mut out)
+                        .unwrap();
                     assert!(hit);
                 }
                 barrier.wait();

@@ -17,7 +17,10 @@ use tokio::net::{TcpListener, UdpSocket};
 fn query(id: u16, name: &str) -> Vec<u8> {
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).expect("valid name"), RecordType::A));
+    m.add_query(Query::query(
+        Name::from_str(name).expect("valid name"),
+        RecordType::A,
+    ));
     m.to_vec().expect("encodable query")
 }
 
@@ -33,7 +36,9 @@ async fn ask(server: SocketAddr, id: u16, name: &str) -> (Option<ResponseCode>, 
     let mut buf = [0u8; 1500];
     let got = tokio::time::timeout(Duration::from_secs(5), sock.recv(&mut buf)).await;
     let rcode = match got {
-        Ok(Ok(len)) => Message::from_vec(&buf[..len]).ok().map(|m| m.metadata.response_code),
+        Ok(Ok(len)) => Message::from_vec(&buf[..len])
+            .ok()
+            .map(|m| m.metadata.response_code),
         _ => None,
     };
     (rcode, started.elapsed())
@@ -60,7 +65,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sidecar = tokio::spawn(dnscore_sidecar::serve(udp, tcp, resolver, async {
         let _ = stopped.await;
     }));
-    println!("sidecar on {server}, upstreams {} and {}", pod_a.addr(), pod_b.addr());
+    println!(
+        "sidecar on {server}, upstreams {} and {}",
+        pod_a.addr(),
+        pod_b.addr()
+    );
     let upstream_total = || pod_a.total_queries() + pod_b.total_queries();
 
     // 1. Cache: the same name 2,000 times.

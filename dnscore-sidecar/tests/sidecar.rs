@@ -84,11 +84,15 @@ async fn serves_udp_with_truncation_and_tcp_with_pipelining() {
     let up = TestUpstream::start().await.unwrap();
     let sidecar = Sidecar::start(&[up.addr()]).await;
 
-    let a = ask_udp(sidecar.addr, &query(1, "a.test.", RecordType::A, false)).await.unwrap();
+    let a = ask_udp(sidecar.addr, &query(1, "a.test.", RecordType::A, false))
+        .await
+        .unwrap();
     assert_eq!(a.metadata.id, 1);
     assert_eq!(a.answers.len(), 1);
 
-    let big = ask_udp(sidecar.addr, &query(2, "big.test.", RecordType::TXT, false)).await.unwrap();
+    let big = ask_udp(sidecar.addr, &query(2, "big.test.", RecordType::TXT, false))
+        .await
+        .unwrap();
     assert!(big.metadata.truncation, "a 512-byte client gets TC=1");
 
     // Three queries in one write; the answers come back matched by ID.
@@ -117,7 +121,11 @@ async fn serves_udp_with_truncation_and_tcp_with_pipelining() {
     }
     seen.sort();
     assert_eq!(seen, vec![10, 11, 12]);
-    assert_eq!(up.queries("big.test.", Proto::Tcp), 1, "the TC answer was fetched whole once");
+    assert_eq!(
+        up.queries("big.test.", Proto::Tcp),
+        1,
+        "the TC answer was fetched whole once"
+    );
     drop(stream);
     sidecar.stop().await;
 }
@@ -129,13 +137,18 @@ async fn bad_packets_are_dropped_or_answered_formerr_and_the_server_survives() {
     assert!(ask_udp(sidecar.addr, &[0x12, 0x34, 0x01]).await.is_none());
     let mut response = query(3, "a.test.", RecordType::A, false);
     response[2] |= 0x80;
-    assert!(ask_udp(sidecar.addr, &response).await.is_none(), "QR=1 is never answered");
+    assert!(
+        ask_udp(sidecar.addr, &response).await.is_none(),
+        "QR=1 is never answered"
+    );
     let mut two = query(4, "a.test.", RecordType::A, false);
     two[5] = 2;
     let formerr = ask_udp(sidecar.addr, &two).await.unwrap();
     assert_eq!(formerr.metadata.id, 4);
     assert_eq!(formerr.metadata.response_code, ResponseCode::FormErr);
-    let ok = ask_udp(sidecar.addr, &query(5, "a.test.", RecordType::A, false)).await.unwrap();
+    let ok = ask_udp(sidecar.addr, &query(5, "a.test.", RecordType::A, false))
+        .await
+        .unwrap();
     assert_eq!(ok.metadata.response_code, ResponseCode::NoError);
     assert_eq!(up.total_queries(), 1);
     sidecar.stop().await;
@@ -145,7 +158,10 @@ async fn bad_packets_are_dropped_or_answered_formerr_and_the_server_survives() {
 #[tokio::test]
 async fn dig_gets_the_whole_answer_through_tcp_fallback() {
     if Command::new("dig").arg("-v").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "CI must install dig (dnsutils)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install dig (dnsutils)"
+        );
         eprintln!("skipped: dig is not installed (apt-get install dnsutils)");
         return;
     }
@@ -153,7 +169,16 @@ async fn dig_gets_the_whole_answer_through_tcp_fallback() {
     let sidecar = Sidecar::start(&[up.addr()]).await;
     let port = sidecar.addr.port().to_string();
     let out = tokio::process::Command::new("dig")
-        .args(["+time=2", "+tries=1", "+noedns", "-p", &port, "@127.0.0.1", "big.test", "TXT"])
+        .args([
+            "+time=2",
+            "+tries=1",
+            "+noedns",
+            "-p",
+            &port,
+            "@127.0.0.1",
+            "big.test",
+            "TXT",
+        ])
         .output()
         .await
         .unwrap();
@@ -199,7 +224,13 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let m = answered.expect("the sidecar answers");
     assert_eq!(m.answers.len(), 1);
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("exits after SIGTERM")
@@ -212,7 +243,11 @@ fn the_binary_refuses_to_forward_to_itself() {
     let dir = std::env::temp_dir().join(format!("dnscore-sidecar-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("resolv.conf");
-    std::fs::write(&conf, "search default.svc.cluster.local\nnameserver 127.0.0.1\n").unwrap();
+    std::fs::write(
+        &conf,
+        "search default.svc.cluster.local\nnameserver 127.0.0.1\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
         .args(["--listen", "127.0.0.1:53", "--resolv-conf"])
         .arg(&conf)

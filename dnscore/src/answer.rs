@@ -443,3 +443,80 @@ pub(crate) mod tests {
         assert!(!answer.facts.has_qtype);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    use proptest::prelude::*;
+
+    use super::tests::{a, client_query, response_to, soa};
+    use super::*;
+    use crate::query::{self, Key};
+    use crate::wire::upstream_query;
+
+    fn sent_and_valid() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let client = client_query("a.test.", RecordType::A, Some(1232));
+        let q = query::parse(&client).unwrap();
+        let sent = upstream_query(Key(q.key.as_bytes()), 0x4242);
+        let resp = response_to(
+            &sent,
+            ResponseCode::NoError,
+            vec![
+                a("a.test.", 60, [1, 2, 3, 4]),
+                a("a.test.", 30, [5, 6, 7, 8]),
+            ],
+            vec![soa(300, 60)],
+        );
+        (client, sent, resp)
+    }
+
+    proptest! {
+        /// Whatever an upstream sends, parsing it and writing it for a client never panics.
+        #[test]
+        fn arbitrary_upstream_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let (client, sent, _) = sent_and_valid();
+            let q = query::parse(&client).unwrap();
+            if let Ok(answer) = Answer::parse(&sent, &bytes, Instant::now()) {
+                let mut out = Vec::new();
+                answer.write_response(&q, Instant::now(), 512, &mut out);
+            }
+        }
+
+        /// Corrupting bytes of a valid answer (past the ID) gives a mismatch, a malformed
+        /// packet, or an answer that still writes out safely.
+        #[test]
+        fn corrupted_answers_never_panic(flips in proptest::collection::vec((2usize..200, any::<u8>()), 1..6)) {
+            let (client, sent, mut resp) = sent_and_valid();
+            for (pos, byte) in flips {
+                let len = resp.len();
+                resp[pos % len] = byte;
+            }
+            let q = query::parse(&client).unwrap();
+            if let Ok(mut answer) = Answer::parse(&sent, &resp, Instant::now()) {
+                let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_max_ttl: 3_600 };
+                policy.apply(&mut answer);
+                prop_assert!(answer.lifetime <= 86_400);
+                let mut out = Vec::new();
+                answer.write_response(&q, Instant::now(), 65_535, &mut out);
+                prop_assert_eq!(&out[..2], &client[..2]);
+            }
+        }
+
+        /// Whatever a client sends, reading it as a query never panics, and a reply written
+        /// for a rejected query keeps the client's ID.
+        #[test]
+        fn arbitrary_client_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            match query::parse(&bytes) {
+                Ok(q) => prop_assert!(q.question_end <= bytes.len()),
+                Err(rejection) => {
+                    let mut out = Vec::new();
+                    if rejection.write(&bytes, &mut out) {
+                        prop_assert_eq!(&out[..2], &bytes[..2]);
+                        prop_assert!(out[2] & 0x80 != 0, "a reply has QR=1");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -49,17 +49,29 @@ fn resolver(upstreams: &[SocketAddr]) -> Resolver {
 async fn answers_then_serves_repeats_from_the_cache() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
-    let first = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    let first = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(first.metadata.id, 1);
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ipv4s(&first), vec![IpAddr::from([192, 0, 2, 1])]);
     assert!(first.metadata.recursion_available);
     for id in 2..10 {
-        let again = parse(&r.resolve(&query(id, "A.TEST.", RecordType::A, None)).await.unwrap());
+        let again = parse(
+            &r.resolve(&query(id, "A.TEST.", RecordType::A, None))
+                .await
+                .unwrap(),
+        );
         assert_eq!(again.metadata.id, id);
         assert_eq!(ipv4s(&again), vec![IpAddr::from([192, 0, 2, 1])]);
     }
-    assert_eq!(up.queries("a.test.", Proto::Udp), 1, "repeats come from the cache");
+    assert_eq!(
+        up.queries("a.test.", Proto::Udp),
+        1,
+        "repeats come from the cache"
+    );
     assert_eq!(up.total_queries(), 1);
 }
 
@@ -90,7 +102,10 @@ async fn concurrent_identical_queries_share_one_upstream_query() {
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
             let name = if id % 2 == 0 { "a.test." } else { "A.Test." };
-            let bytes = r.resolve(&query(id, name, RecordType::A, None)).await.unwrap();
+            let bytes = r
+                .resolve(&query(id, name, RecordType::A, None))
+                .await
+                .unwrap();
             (id, parse(&bytes))
         }));
     }
@@ -129,15 +144,26 @@ async fn cancelling_the_first_caller_does_not_cancel_the_shared_query() {
 async fn truncated_udp_answer_is_asked_again_over_tcp_and_cached_whole() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
-    let full = parse(&r.resolve(&query(1, "big.test.", RecordType::TXT, None)).await.unwrap());
+    let full = parse(
+        &r.resolve(&query(1, "big.test.", RecordType::TXT, None))
+            .await
+            .unwrap(),
+    );
     assert!(!full.metadata.truncation);
-    assert!(full.answers.len() >= 20, "all TXT records: {}", full.answers.len());
+    assert!(
+        full.answers.len() >= 20,
+        "all TXT records: {}",
+        full.answers.len()
+    );
     assert_eq!(up.queries("big.test.", Proto::Udp), 1);
     assert_eq!(up.queries("big.test.", Proto::Tcp), 1);
 
     // A UDP client without EDNS gets TC=1 from the cache, and no new upstream query.
     let udp = r
-        .resolve_with(&query(2, "big.test.", RecordType::TXT, None), Transport::Udp)
+        .resolve_with(
+            &query(2, "big.test.", RecordType::TXT, None),
+            Transport::Udp,
+        )
         .await
         .unwrap();
     assert!(udp.len() <= 512);
@@ -169,14 +195,25 @@ async fn many_truncated_answers_share_at_most_two_tcp_connections() {
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
             let name = format!("n{i}.test.");
-            parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap())
+            parse(
+                &r.resolve(&query(i, &name, RecordType::A, None))
+                    .await
+                    .unwrap(),
+            )
         }));
     }
     for task in tasks {
-        assert_eq!(task.await.unwrap().metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(
+            task.await.unwrap().metadata.response_code,
+            ResponseCode::NXDomain
+        );
     }
     assert_eq!(up.total_queries(), 80, "40 over UDP, then 40 over TCP");
-    assert!(up.tcp_connections() <= 2, "{} connections", up.tcp_connections());
+    assert!(
+        up.tcp_connections() <= 2,
+        "{} connections",
+        up.tcp_connections()
+    );
 }
 
 #[tokio::test]
@@ -184,9 +221,17 @@ async fn truncated_over_tcp_ends_in_servfail_not_a_loop() {
     let up = TestUpstream::start().await.unwrap();
     up.set_default_behavior(Behavior::TruncateAlways);
     let r = resolver(&[up.addr()]);
-    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    let reply = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
-    assert_eq!(up.queries("a.test.", Proto::Tcp), 1, "the broken upstream is not asked again");
+    assert_eq!(
+        up.queries("a.test.", Proto::Tcp),
+        1,
+        "the broken upstream is not asked again"
+    );
     assert_eq!(up.queries("a.test.", Proto::Udp), 1);
 }
 
@@ -207,7 +252,11 @@ async fn closed_upstream_is_skipped_at_once() {
     let started = std::time::Instant::now();
     for i in 0..50 {
         let name = format!("n{i}.test.");
-        let reply = parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap());
+        let reply = parse(
+            &r.resolve(&query(i, &name, RecordType::A, None))
+                .await
+                .unwrap(),
+        );
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     }
     assert!(
@@ -226,11 +275,22 @@ async fn servfail_and_refused_are_retried_on_another_upstream() {
         let r = resolver(&[sick.addr(), well.addr()]);
         for i in 0..20 {
             let name = format!("n{i}.test.");
-            let reply = parse(&r.resolve(&query(i, &name, RecordType::A, None)).await.unwrap());
-            assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain, "{bad:?}");
+            let reply = parse(
+                &r.resolve(&query(i, &name, RecordType::A, None))
+                    .await
+                    .unwrap(),
+            );
+            assert_eq!(
+                reply.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{bad:?}"
+            );
         }
         assert_eq!(well.total_queries(), 20);
-        assert!(sick.total_queries() <= 20, "the sick upstream is asked at most once per query");
+        assert!(
+            sick.total_queries() <= 20,
+            "the sick upstream is asked at most once per query"
+        );
     }
 }
 
@@ -239,14 +299,22 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
     let up = TestUpstream::start().await.unwrap();
     up.set_default_behavior(Behavior::Refused);
     let r = resolver(&[up.addr()]);
-    let reply = parse(&r.resolve(&query(7, "a.test.", RecordType::A, Some(1232))).await.unwrap());
+    let reply = parse(
+        &r.resolve(&query(7, "a.test.", RecordType::A, Some(1232)))
+            .await
+            .unwrap(),
+    );
     assert_eq!(reply.metadata.id, 7);
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(reply.edns.is_some(), "the client's EDNS is answered");
 
     // SERVFAIL is not cached: once the upstream recovers, the next query is answered.
     up.set_default_behavior(Behavior::Normal);
-    let reply = parse(&r.resolve(&query(8, "a.test.", RecordType::A, None)).await.unwrap());
+    let reply = parse(
+        &r.resolve(&query(8, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
 }
 
@@ -261,11 +329,18 @@ async fn silent_upstreams_end_in_servfail_within_the_deadline() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    let reply = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(started.elapsed() >= Duration::from_millis(400));
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert!(up.total_queries() >= 2, "the silent upstream was asked again with a new socket");
+    assert!(
+        up.total_queries() >= 2,
+        "the silent upstream was asked again with a new socket"
+    );
 }
 
 #[tokio::test]
@@ -273,9 +348,17 @@ async fn forged_answers_are_ignored_and_never_cached() {
     let up = TestUpstream::start().await.unwrap();
     up.set_behavior("a.test.", Behavior::ForgeFirst);
     let r = resolver(&[up.addr()]);
-    let reply = parse(&r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap());
+    let reply = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(ipv4s(&reply), vec![IpAddr::from([192, 0, 2, 1])]);
-    let cached = parse(&r.resolve(&query(2, "a.test.", RecordType::A, None)).await.unwrap());
+    let cached = parse(
+        &r.resolve(&query(2, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(ipv4s(&cached), vec![IpAddr::from([192, 0, 2, 1])]);
     assert!(cached.answers.iter().all(|rec| rec.ttl <= 300));
     assert_eq!(up.total_queries(), 1);
@@ -286,10 +369,21 @@ async fn negative_answers_are_cached_for_the_soa_minimum() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
     for id in 0..3 {
-        let nx = parse(&r.resolve(&query(id, "nope.test.", RecordType::A, None)).await.unwrap());
+        let nx = parse(
+            &r.resolve(&query(id, "nope.test.", RecordType::A, None))
+                .await
+                .unwrap(),
+        );
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
-        assert!(nx.authorities.iter().all(|s| s.ttl <= 60), "SOA TTL is the negative TTL");
-        let nodata = parse(&r.resolve(&query(id, "b.test.", RecordType::AAAA, None)).await.unwrap());
+        assert!(
+            nx.authorities.iter().all(|s| s.ttl <= 60),
+            "SOA TTL is the negative TTL"
+        );
+        let nodata = parse(
+            &r.resolve(&query(id, "b.test.", RecordType::AAAA, None))
+                .await
+                .unwrap(),
+        );
         assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
         assert!(nodata.answers.is_empty());
     }
@@ -300,16 +394,31 @@ async fn negative_answers_are_cached_for_the_soa_minimum() {
 async fn ttls_count_down_and_expired_entries_are_asked_again() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
-    r.resolve(&query(1, "a.test.", RecordType::A, None)).await.unwrap();
-    r.resolve(&query(1, "short.test.", RecordType::A, None)).await.unwrap();
+    r.resolve(&query(1, "a.test.", RecordType::A, None))
+        .await
+        .unwrap();
+    r.resolve(&query(1, "short.test.", RecordType::A, None))
+        .await
+        .unwrap();
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(100)).await;
-    let later = parse(&r.resolve(&query(2, "a.test.", RecordType::A, None)).await.unwrap());
+    let later = parse(
+        &r.resolve(&query(2, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     let ttl = later.answers[0].ttl;
-    assert!((199..=200).contains(&ttl), "TTL 300 counted down by 100 s: {ttl}");
+    assert!(
+        (199..=200).contains(&ttl),
+        "TTL 300 counted down by 100 s: {ttl}"
+    );
     tokio::time::resume();
     // short.test has TTL 1: long expired after 100 s.
-    let again = parse(&r.resolve(&query(3, "short.test.", RecordType::A, None)).await.unwrap());
+    let again = parse(
+        &r.resolve(&query(3, "short.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
     assert_eq!(again.metadata.response_code, ResponseCode::NoError);
     assert_eq!(up.queries("short.test.", Proto::Udp), 2);
     assert_eq!(up.queries("a.test.", Proto::Udp), 1);
@@ -331,7 +440,11 @@ async fn unanswerable_packets_are_dropped_and_malformed_ones_get_formerr() {
     let cut = &query(6, "a.test.", RecordType::A, None)[..16];
     let reply = parse(&r.resolve(cut).await.unwrap());
     assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
-    assert_eq!(up.total_queries(), 0, "nothing malformed reaches the upstream");
+    assert_eq!(
+        up.total_queries(),
+        0,
+        "nothing malformed reaches the upstream"
+    );
 }
 
 #[tokio::test]
@@ -347,9 +460,18 @@ async fn lookup_and_lookup_ip() {
     let alias = r.lookup("alias.test.", RecordType::A).await.unwrap();
     assert_eq!(alias.rdata_of(RecordType::CNAME).count(), 1);
     assert_eq!(alias.rdata_of(RecordType::A).count(), 1);
-    assert!(matches!(r.lookup_ip("nope.test").await, Err(Error::NxDomain)));
-    assert!(matches!(r.lookup("bad..name", RecordType::A).await, Err(Error::InvalidName(_))));
-    assert_eq!(r.lookup_ip("10.1.2.3").await.unwrap(), vec![IpAddr::from([10, 1, 2, 3])]);
+    assert!(matches!(
+        r.lookup_ip("nope.test").await,
+        Err(Error::NxDomain)
+    ));
+    assert!(matches!(
+        r.lookup("bad..name", RecordType::A).await,
+        Err(Error::InvalidName(_))
+    ));
+    assert_eq!(
+        r.lookup_ip("10.1.2.3").await.unwrap(),
+        vec![IpAddr::from([10, 1, 2, 3])]
+    );
     let before = up.total_queries();
     r.lookup_ip("a.test").await.unwrap();
     assert_eq!(up.total_queries(), before, "lookups share the cache");
@@ -362,7 +484,10 @@ async fn lookup_reports_why_no_upstream_answered() {
     let r = resolver(&[up.addr()]);
     match r.lookup("a.test.", RecordType::A).await {
         Err(Error::NoAnswer(cause)) => {
-            assert!(matches!(*cause, dnscore::UpstreamError::Refused(_)), "{cause}")
+            assert!(
+                matches!(*cause, dnscore::UpstreamError::Refused(_)),
+                "{cause}"
+            )
         }
         other => panic!("expected NoAnswer, got {other:?}"),
     }
@@ -382,18 +507,28 @@ async fn usable_as_a_tower_service() {
 
 #[test]
 fn builder_rejects_bad_settings() {
-    assert!(matches!(Resolver::builder().build(), Err(Error::NoUpstreams)));
+    assert!(matches!(
+        Resolver::builder().build(),
+        Err(Error::NoUpstreams)
+    ));
     let up: SocketAddr = "127.0.0.1:53".parse().unwrap();
     assert!(matches!(
         Resolver::builder().upstream(up).cache_capacity(0).build(),
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Resolver::builder().upstream(up).min_ttl(10).max_ttl(5).build(),
+        Resolver::builder()
+            .upstream(up)
+            .min_ttl(10)
+            .max_ttl(5)
+            .build(),
         Err(Error::Config(_))
     ));
     assert!(matches!(
-        Resolver::builder().upstream(up).timeout(Duration::ZERO).build(),
+        Resolver::builder()
+            .upstream(up)
+            .timeout(Duration::ZERO)
+            .build(),
         Err(Error::Config(_))
     ));
 }

@@ -144,12 +144,8 @@ impl Connection {
     /// Reads answers until the connection ends, then fails whatever is still waiting.
     async fn read_loop(self: Arc<Self>, mut read: OwnedReadHalf) {
         let mut buf = Vec::new();
-        loop {
-            let len = match read.read_u16().await {
-                Ok(len) => usize::from(len),
-                Err(_) => break,
-            };
-            buf.resize(len, 0);
+        while let Ok(len) = read.read_u16().await {
+            buf.resize(usize::from(len), 0);
             if read.read_exact(&mut buf).await.is_err() {
                 break;
             }
