@@ -532,3 +532,54 @@ fn builder_rejects_bad_settings() {
         Err(Error::Config(_))
     ));
 }
+
+/// A TCP connection that dies with the query on it (a CoreDNS pod evicted mid-stream): the
+/// query is re-sent to another upstream at once, not left to time out.
+#[tokio::test]
+async fn tcp_death_mid_stream_is_retried_on_another_upstream() {
+    let dying = TestUpstream::start().await.unwrap();
+    let healthy = TestUpstream::start_on([127, 0, 0, 4].into()).await.unwrap();
+    dying.set_default_behavior(Behavior::CloseTcp);
+    healthy.set_default_behavior(Behavior::TruncateUdp);
+    let r = Resolver::builder()
+        .upstream(dying.addr())
+        .upstream(healthy.addr())
+        .attempt_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    // The first pick is random: 30 names meet the dying upstream first about 15 times.
+    let mut died = 0;
+    for i in 0..30 {
+        let name = format!("n{i}.test.");
+        let reply = parse(
+            &r.resolve(&query(i, &name, RecordType::A, None))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+        died += dying.queries(&name, Proto::Tcp);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "no attempt waited out its timeout"
+    );
+    assert!(died >= 1, "the dying upstream was met over TCP");
+    assert_eq!(
+        healthy.total_queries(),
+        60,
+        "each name over UDP, then over TCP"
+    );
+}
+
+#[test]
+fn resolver_is_cheap_to_share_across_threads() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<Resolver>();
+    assert_eq!(
+        std::mem::size_of::<Resolver>(),
+        std::mem::size_of::<usize>(),
+        "one Arc"
+    );
+}

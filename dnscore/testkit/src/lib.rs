@@ -109,7 +109,8 @@ pub enum Behavior {
     /// `A 6.6.6.6` record with TTL 86400.
     ForgeFirst,
     /// Over TCP: read the query, then close the connection without answering
-    /// (mid-stream death). Over UDP: like [`Behavior::Drop`].
+    /// (mid-stream death). Over UDP: answer with TC=1 (like [`Behavior::TruncateUdp`]), so
+    /// that a resolver comes over TCP and meets the death.
     CloseTcp,
     /// Answer with TC=1 and no records over both UDP and TCP (a broken server;
     /// the resolver must not loop).
@@ -861,11 +862,13 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
             let resp = inner.answer(&query);
             reply.send_message(&inner, &query, &resp).await;
         }
-        Behavior::CloseTcp => {
-            if let Reply::Tcp { connection_id, .. } = &reply {
-                inner.close_connection(*connection_id);
+        Behavior::CloseTcp => match &reply {
+            Reply::Tcp { connection_id, .. } => inner.close_connection(*connection_id),
+            Reply::Udp { .. } => {
+                let resp = truncated(&inner.answer(&query));
+                reply.send_message(&inner, &query, &resp).await;
             }
-        }
+        },
     }
 }
 
