@@ -577,9 +577,5 @@ async fn tcp_death_mid_stream_is_retried_on_another_upstream() {
 fn resolver_is_cheap_to_share_across_threads() {
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync_clone::<Resolver>();
-    assert_eq!(
-        std::mem::size_of::<Resolver>(),
-        std::mem::size_of::<usize>(),
-        "one Arc"
-    );
+    assert_eq!(size_of::<Resolver>(), size_of::<usize>(), "one Arc");
 }
