@@ -137,11 +137,16 @@ async fn attempt(
 ) -> (usize, Result<Answer, UpstreamError>) {
     let key = Key(&key);
     let result = match udp::exchange(upstream.addr, key).await {
-        Ok(answer) if answer.truncated() => match upstream.tcp.exchange(key).await {
-            Ok(answer) if answer.truncated() => Err(UpstreamError::TruncatedOverTcp(upstream.addr)),
-            other => other,
-        },
-        other => other,
+        Ok(udp::Reply::Answer(answer)) if !answer.truncated() => Ok(answer),
+        Ok(udp::Reply::Answer(_) | udp::Reply::TooLarge) => {
+            match upstream.tcp.exchange(key).await {
+                Ok(answer) if answer.truncated() => {
+                    Err(UpstreamError::TruncatedOverTcp(upstream.addr))
+                }
+                other => other,
+            }
+        }
+        Err(err) => Err(err),
     };
     (index, result)
 }

@@ -88,7 +88,9 @@ impl TcpPool {
         };
         // Forget the query if the caller gives up (timeout, or another upstream won).
         let _forget = Forget { conn: &conn, id };
-        if conn.frames.send(frame).is_err() {
+        // `close` sets the flag before it fails the pending queries: a query added after
+        // that sees the flag here instead of waiting for an answer that cannot come.
+        if conn.closed.load(Ordering::Acquire) || conn.frames.send(frame).is_err() {
             return Err(UpstreamError::ConnectionClosed(self.addr));
         }
         rx.await

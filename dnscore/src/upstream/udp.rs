@@ -17,26 +17,41 @@ use tokio::time::Instant;
 use crate::answer::Answer;
 use crate::error::UpstreamError;
 use crate::query::Key;
-use crate::wire::{MAX_MESSAGE_LEN, upstream_query};
+use crate::wire::upstream_query;
+
+/// Receive buffer for one attempt. We advertise 1232 bytes; a datagram that fills this
+/// buffer may have been cut by the kernel, and is treated as truncated.
+const RECV_BUFFER: usize = 4096;
+
+/// What a UDP attempt brought back.
+pub(crate) enum Reply {
+    /// A valid answer (which may itself say TC=1).
+    Answer(Answer),
+    /// A datagram larger than we can hold: ask again over TCP, as for TC=1.
+    TooLarge,
+}
 
 /// Sends `key` to `addr` and waits for a valid answer. Stray, forged and malformed packets
 /// are dropped and the wait goes on; the caller bounds it with a timeout.
-pub(crate) async fn exchange(addr: SocketAddr, key: Key<'_>) -> Result<Answer, UpstreamError> {
+pub(crate) async fn exchange(addr: SocketAddr, key: Key<'_>) -> Result<Reply, UpstreamError> {
     let socket = connect(addr).map_err(|e| UpstreamError::from_io(addr, e))?;
     let query = upstream_query(key, rand::random());
     socket
         .send(&query)
         .await
         .map_err(|e| UpstreamError::from_io(addr, e))?;
-    let mut buf = Vec::with_capacity(MAX_MESSAGE_LEN);
+    let mut buf = Vec::with_capacity(RECV_BUFFER);
     loop {
         buf.clear();
         socket
             .recv_buf(&mut buf)
             .await
             .map_err(|e| UpstreamError::from_io(addr, e))?;
+        if buf.len() >= RECV_BUFFER && buf.get(..2) == query.get(..2) {
+            return Ok(Reply::TooLarge);
+        }
         match Answer::parse(&query, &buf, Instant::now()) {
-            Ok(answer) => return Ok(answer),
+            Ok(answer) => return Ok(Reply::Answer(answer)),
             Err(why) => tracing::debug!(%addr, ?why, len = buf.len(), "dropped a UDP packet"),
         }
     }
