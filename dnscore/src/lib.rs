@@ -73,6 +73,9 @@ mod cache;
 mod config;
 mod dedup;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod lookup;
 mod query;
 mod resolver;
