@@ -4,13 +4,19 @@
 //! hop-by-hop, RFC 6891 §6.1.1). Answers are parsed once, when they arrive; a cache hit
 //! only copies.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::query::Query;
 use crate::wire::{
     HEADER_LEN, Header, MAX_TTL, Malformed, flag, rcode, read_record, rtype, set_u16,
-    soa_negative_ttl, write_opt,
+    soa_negative_ttl, write_opt, write_opt_stale,
 };
+
+/// The TTL of a stale answer (RFC 8767 §4 recommends 30 s).
+pub(crate) const STALE_TTL: u32 = 30;
 
 /// Why an upstream packet is not an answer to what we sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +60,11 @@ pub(crate) struct Answer {
     pub(crate) received: Instant,
     /// How long it may be served from the cache, in seconds; 0 when it may not be cached.
     pub(crate) lifetime: u32,
+    /// A background refresh was started for it (prefetch happens once per entry).
+    prefetched: AtomicBool,
+    /// When a refresh of this stale entry last failed, in ms after `received` (+1; 0 for
+    /// never): refreshes are not retried for a while (RFC 8767 §4, stale-refresh-time).
+    refresh_failed: AtomicU64,
 }
 
 impl Answer {
@@ -131,6 +142,8 @@ impl Answer {
             facts,
             received,
             lifetime: 0,
+            prefetched: AtomicBool::new(false),
+            refresh_failed: AtomicU64::new(0),
         })
     }
 
@@ -178,15 +191,52 @@ impl Answer {
         now.saturating_duration_since(self.received).as_secs() < u64::from(self.lifetime)
     }
 
+    /// How long past its lifetime the entry is at `now` (zero while fresh).
+    pub(crate) fn staleness(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.received)
+            .saturating_sub(Duration::from_secs(u64::from(self.lifetime)))
+    }
+
+    /// Whether a client asking at `now` should trigger a background refresh: the entry is
+    /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
+    /// true once.
+    pub(crate) fn claim_prefetch(&self, now: Instant) -> bool {
+        let age = now.saturating_duration_since(self.received).as_millis();
+        let lifetime = u128::from(self.lifetime) * 1000;
+        age * 10 >= lifetime * 9 && !self.prefetched.swap(true, Ordering::Relaxed)
+    }
+
+    /// Records that refreshing this (stale) entry failed at `now`.
+    pub(crate) fn refresh_failed_at(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.received).as_millis();
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1);
+        self.refresh_failed.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Whether a refresh failed less than `window` before `now`.
+    pub(crate) fn refresh_blocked(&self, now: Instant, window: Duration) -> bool {
+        match self.refresh_failed.load(Ordering::Relaxed) {
+            0 => false,
+            ms => {
+                let failed = self.received + Duration::from_millis(ms - 1);
+                now.saturating_duration_since(failed) < window
+            }
+        }
+    }
+
     /// Writes the answer for `query` into `out`: the client's ID, RD and CD, our RA, the
     /// upstream's rcode and (when the client asked for DNSSEC) AD, the client's question,
     /// the records with TTLs counted down to `now`, and an OPT record if the client sent one.
     /// Over `limit` bytes the client gets the header and question with TC=1 instead.
+    ///
+    /// A `stale` answer (RFC 8767) carries TTL 30 on every record and, for a client that
+    /// sent EDNS, an Extended DNS Error "Stale Answer" (RFC 8914).
     pub(crate) fn write_response(
         &self,
         query: &Query<'_>,
         now: Instant,
         limit: usize,
+        stale: bool,
         out: &mut Vec<u8>,
     ) {
         let elapsed = u32::try_from(now.saturating_duration_since(self.received).as_secs())
@@ -200,7 +250,11 @@ impl Answer {
             | ad
             | (self.rcode & flag::RCODE);
         let question_end = query.question_end;
-        let extra = if query.edns.is_some() { 11 } else { 0 };
+        let extra = match (query.edns, stale) {
+            (None, _) => 0,
+            (Some(_), false) => 11,
+            (Some(_), true) => 17,
+        };
 
         out.clear();
         if self.bytes.len() + extra > limit {
@@ -222,13 +276,22 @@ impl Answer {
             for &off in self.ttl_offsets.iter() {
                 let pos = usize::from(off);
                 let ttl = u32::from_be_bytes([out[pos], out[pos + 1], out[pos + 2], out[pos + 3]]);
-                out[pos..pos + 4].copy_from_slice(&ttl.saturating_sub(elapsed).to_be_bytes());
+                let ttl = if stale {
+                    STALE_TTL
+                } else {
+                    ttl.saturating_sub(elapsed)
+                };
+                out[pos..pos + 4].copy_from_slice(&ttl.to_be_bytes());
             }
         }
         if let Some(edns) = query.edns {
             let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
             set_u16(out, 10, arcount);
-            write_opt(out, self.rcode, edns.dnssec_ok);
+            if stale {
+                write_opt_stale(out, self.rcode, edns.dnssec_ok);
+            } else {
+                write_opt(out, self.rcode, edns.dnssec_ok);
+            }
         }
     }
 }
@@ -382,8 +445,9 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         answer.write_response(
             &q,
-            answer.received + std::time::Duration::from_secs(100),
+            answer.received + Duration::from_secs(100),
             512,
+            false,
             &mut out,
         );
         let msg = Message::from_vec(&out).unwrap();
@@ -401,7 +465,7 @@ pub(crate) mod tests {
 
         let with_edns = client_query("www.example.test.", RecordType::A, Some(4096));
         let q = query::parse(&with_edns).unwrap();
-        answer.write_response(&q, answer.received, 4096, &mut out);
+        answer.write_response(&q, answer.received, 4096, false, &mut out);
         let msg = Message::from_vec(&out).unwrap();
         assert_eq!(msg.edns.as_ref().map(|e| e.max_payload()), Some(1232));
         assert_eq!(msg.answers[0].ttl, 300);
@@ -420,12 +484,12 @@ pub(crate) mod tests {
         let (_, answer) = exchange(&client, (0..10).map(txt).collect(), ResponseCode::NoError);
         let q = query::parse(&client).unwrap();
         let mut out = Vec::new();
-        answer.write_response(&q, answer.received, 512, &mut out);
+        answer.write_response(&q, answer.received, 512, false, &mut out);
         let msg = Message::from_vec(&out).unwrap();
         assert!(msg.metadata.truncation);
         assert!(msg.answers.is_empty());
         assert_eq!(msg.queries.len(), 1);
-        answer.write_response(&q, answer.received, 65535, &mut out);
+        answer.write_response(&q, answer.received, 65535, false, &mut out);
         let msg = Message::from_vec(&out).unwrap();
         assert!(!msg.metadata.truncation);
         assert_eq!(msg.answers.len(), 10);
@@ -479,7 +543,7 @@ mod proptests {
             let q = query::parse(&client).unwrap();
             if let Ok(answer) = Answer::parse(&sent, &bytes, Instant::now()) {
                 let mut out = Vec::new();
-                answer.write_response(&q, Instant::now(), 512, &mut out);
+                answer.write_response(&q, Instant::now(), 512, false, &mut out);
             }
         }
 
@@ -498,7 +562,7 @@ mod proptests {
                 policy.apply(&mut answer);
                 prop_assert!(answer.lifetime <= 86_400);
                 let mut out = Vec::new();
-                answer.write_response(&q, Instant::now(), 65_535, &mut out);
+                answer.write_response(&q, Instant::now(), 65_535, true, &mut out);
                 prop_assert_eq!(&out[..2], &client[..2]);
             }
         }

@@ -6,6 +6,7 @@
 //! rewrites the stored TTLs so that a hit only subtracts the time elapsed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -63,19 +64,68 @@ impl Weighter<Box<[u8]>, Arc<Answer>> for AnswerWeighter {
     }
 }
 
-/// Validated answers by key.
+/// Whether a cached answer is within its TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Fresh,
+    /// Expired, but within the stale window: served only when no upstream answers
+    /// (RFC 8767).
+    Stale,
+}
+
+/// Validated answers by key, and the questions that recently failed everywhere.
 pub(crate) struct AnswerCache {
     entries: Cache<Box<[u8]>, Arc<Answer>, AnswerWeighter>,
+    /// Until when each recently failed question is answered SERVFAIL without asking
+    /// upstream (RFC 2308 §7). Bounded like the cache, a quarter of its size.
+    failures: Cache<Box<[u8]>, Instant>,
     policy: TtlPolicy,
+    /// How long past its TTL an answer may still be served stale; zero disables it.
+    max_stale: Duration,
+    /// How long a failure is remembered.
+    failure_ttl: Duration,
 }
 
 impl AnswerCache {
     /// A cache of at most `capacity` entries (see [`AnswerWeighter`]).
-    pub(crate) fn new(capacity: usize, policy: TtlPolicy) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        policy: TtlPolicy,
+        max_stale: Duration,
+        failure_ttl: Duration,
+    ) -> Self {
         Self {
             entries: Cache::with_weighter(capacity, capacity as u64, AnswerWeighter),
+            failures: Cache::new((capacity / 4).max(64)),
             policy,
+            max_stale,
+            failure_ttl,
         }
+    }
+
+    /// The answer for `key` at `now`, fresh or within the stale window.
+    #[inline]
+    pub(crate) fn lookup(&self, key: &[u8], now: Instant) -> Option<(Arc<Answer>, Freshness)> {
+        let answer = self.entries.get(key)?;
+        if answer.fresh_at(now) {
+            Some((answer, Freshness::Fresh))
+        } else if answer.staleness(now) < self.max_stale {
+            Some((answer, Freshness::Stale))
+        } else {
+            None
+        }
+    }
+
+    /// Remembers that every upstream failed `key` at `now`.
+    pub(crate) fn insert_failure(&self, key: &[u8], now: Instant) {
+        if !self.failure_ttl.is_zero() {
+            self.failures.insert(key.into(), now + self.failure_ttl);
+        }
+    }
+
+    /// Whether every upstream failed `key` moments before `now`.
+    pub(crate) fn recently_failed(&self, key: &[u8], now: Instant) -> bool {
+        self.failures.get(key).is_some_and(|until| now < until)
     }
 
     /// The caching policy, for answers on their way in.
@@ -83,17 +133,13 @@ impl AnswerCache {
         &self.policy
     }
 
-    /// A fresh answer for `key` at `now`. An expired entry is never served; it stays until
-    /// it is replaced or evicted.
-    #[inline]
-    pub(crate) fn get(&self, key: &[u8], now: Instant) -> Option<Arc<Answer>> {
-        self.entries.get(key).filter(|a| a.fresh_at(now))
-    }
-
-    /// Keeps `answer` if the policy gave it a lifetime.
+    /// Keeps `answer` if the policy gave it a lifetime, and forgets any recent failure.
     pub(crate) fn insert(&self, key: &[u8], answer: &Arc<Answer>) {
         if answer.lifetime > 0 {
             self.entries.insert(key.into(), Arc::clone(answer));
+        }
+        if !self.failures.is_empty() {
+            self.failures.remove(key);
         }
     }
 
@@ -207,24 +253,43 @@ mod tests {
         POLICY.apply(&mut answer);
         let received = answer.received;
         let answer = Arc::new(answer);
-        let cache = AnswerCache::new(10, POLICY);
+        let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
         let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
         cache.insert(&key, &answer);
-        assert!(
+        let at = |ms| {
             cache
-                .get(&key, received + std::time::Duration::from_millis(4999))
-                .is_some()
-        );
-        assert!(
-            cache
-                .get(&key, received + std::time::Duration::from_secs(5))
-                .is_none()
-        );
+                .lookup(&key, received + Duration::from_millis(ms))
+                .map(|(_, f)| f)
+        };
+        assert_eq!(at(4999), Some(Freshness::Fresh));
+        assert_eq!(at(5000), None, "no stale window: gone at its TTL");
+
+        let stale = AnswerCache::new(10, POLICY, Duration::from_secs(60), Duration::ZERO);
+        stale.insert(&key, &answer);
+        let at = |ms| {
+            stale
+                .lookup(&key, received + Duration::from_millis(ms))
+                .map(|(_, f)| f)
+        };
+        assert_eq!(at(4999), Some(Freshness::Fresh));
+        assert_eq!(at(5000), Some(Freshness::Stale), "expired: only ever stale");
+        assert_eq!(at(64_999), Some(Freshness::Stale));
+        assert_eq!(at(65_000), None, "past the stale window");
+    }
+
+    #[test]
+    fn failures_are_remembered_briefly_and_forgotten_on_success() {
+        let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::from_secs(2));
+        let now = Instant::now();
+        cache.insert_failure(b"key", now);
+        assert!(cache.recently_failed(b"key", now + Duration::from_millis(1999)));
+        assert!(!cache.recently_failed(b"key", now + Duration::from_secs(2)));
+        assert!(!cache.recently_failed(b"other", now));
     }
 
     #[test]
     fn capacity_is_never_exceeded() {
-        let cache = AnswerCache::new(50, POLICY);
+        let cache = AnswerCache::new(50, POLICY, Duration::ZERO, Duration::ZERO);
         for i in 0..500u32 {
             let name = format!("n{i}.test.");
             let client = client_query(&name, RecordType::A, None);

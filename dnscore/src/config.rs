@@ -8,8 +8,9 @@ use std::time::Duration;
 use crate::cache::{AnswerCache, TtlPolicy};
 use crate::dedup::Dedup;
 use crate::error::Error;
-use crate::resolver::{Inner, Resolver};
-use crate::upstream::{Pool, PoolConfig};
+use crate::resolver::{Inner, Resolver, Serving};
+use crate::stats::Counters;
+use crate::upstream::{Pool, PoolConfig, Selection};
 
 /// Default number of cached answers (CoreDNS's cache plugin holds 9984).
 pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
@@ -17,8 +18,36 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 pub const DEFAULT_MAX_TTL: u32 = 86_400;
 /// Default ceiling on a negative answer's TTL: one hour (Unbound; RFC 2308 §5 suggests 1-3 h).
 pub const DEFAULT_NEGATIVE_MAX_TTL: u32 = 3_600;
-/// Default wait for one attempt before another upstream is asked too.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
+/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR), and its value until
+/// the upstream has answered once.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(800);
+/// Default floor on one attempt's adaptive timeout.
+pub const DEFAULT_MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
+/// Default transport failures in a row (port closed, reset, timeout) that mark an upstream
+/// down (CoreDNS: 2).
+pub const DEFAULT_MAX_FAILURES: u32 = 3;
+/// Default first interval between health probes of a down upstream (CoreDNS: 0.5 s); it
+/// doubles after each failed probe.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// Default ceiling on the interval between health probes.
+pub const DEFAULT_MAX_PROBE_INTERVAL: Duration = Duration::from_secs(10);
+/// Default share of queries that may send a hedge (a second copy to another upstream).
+pub const DEFAULT_HEDGE_SHARE: f64 = 0.05;
+/// Default time a client waits for an upstream before it gets a stale answer (RFC 8767
+/// client response timer).
+pub const DEFAULT_STALE_ANSWER_TIMEOUT: Duration = Duration::from_millis(1800);
+/// Default time past its TTL an answer may still be served stale (RFC 8767: 1 to 3 days).
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(86_400);
+/// Default time a question that failed on every upstream is answered SERVFAIL without
+/// asking again (RFC 2308 §7 allows up to 5 minutes; CoreDNS caches SERVFAIL 5 s).
+pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(2);
+/// Default bound on distinct upstream queries in flight.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
+/// Default bound on callers waiting on one upstream query.
+pub const DEFAULT_MAX_WAITERS: usize = 4096;
+/// After a failed refresh of a stale entry, how long it is served stale without asking
+/// again (RFC 8767 §4 stale-refresh-time, 30 s).
+const STALE_REFRESH_WINDOW: Duration = Duration::from_secs(30);
 /// Default deadline for a whole query: well inside the 5 s a glibc client waits, so the
 /// client gets our SERVFAIL (or answer) before it gives up on us.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,8 +66,20 @@ pub struct ResolverBuilder {
     max_ttl: u32,
     negative_max_ttl: u32,
     attempt_timeout: Duration,
+    min_attempt_timeout: Duration,
     timeout: Duration,
     max_attempts: Option<usize>,
+    max_failures: u32,
+    probe_interval: Duration,
+    max_probe_interval: Duration,
+    hedge_share: f64,
+    selection: Selection,
+    stale_answer_timeout: Duration,
+    max_stale: Duration,
+    failure_ttl: Duration,
+    prefetch: bool,
+    max_in_flight: usize,
+    max_waiters: usize,
     tcp_connections: usize,
     tcp_idle_timeout: Duration,
 }
@@ -52,8 +93,20 @@ impl Default for ResolverBuilder {
             max_ttl: DEFAULT_MAX_TTL,
             negative_max_ttl: DEFAULT_NEGATIVE_MAX_TTL,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            min_attempt_timeout: DEFAULT_MIN_ATTEMPT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             max_attempts: None,
+            max_failures: DEFAULT_MAX_FAILURES,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            max_probe_interval: DEFAULT_MAX_PROBE_INTERVAL,
+            hedge_share: DEFAULT_HEDGE_SHARE,
+            selection: Selection::LowestRtt,
+            stale_answer_timeout: DEFAULT_STALE_ANSWER_TIMEOUT,
+            max_stale: DEFAULT_MAX_STALE,
+            failure_ttl: DEFAULT_FAILURE_TTL,
+            prefetch: true,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_waiters: DEFAULT_MAX_WAITERS,
             tcp_connections: DEFAULT_TCP_CONNECTIONS,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
         }
@@ -99,10 +152,94 @@ impl ResolverBuilder {
         self
     }
 
-    /// How long one attempt waits before another upstream is asked as well (default 400 ms).
-    /// The first attempt keeps listening: whichever valid answer comes first wins.
+    /// Ceiling on one attempt's timeout (default 800 ms), after which another upstream is
+    /// asked as well; also its value until the upstream has answered once. The timeout
+    /// adapts to the upstream's RTT (SRTT + 4·RTTVAR) between the floor and this ceiling.
+    /// Earlier attempts keep listening: whichever valid answer comes first wins.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Floor on one attempt's adaptive timeout (default 50 ms).
+    pub fn min_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.min_attempt_timeout = timeout;
+        self
+    }
+
+    /// Transport failures in a row that mark an upstream down (default 3). A down upstream
+    /// gets no queries until a health probe (`. IN NS`) is answered.
+    pub fn max_failures(mut self, failures: u32) -> Self {
+        self.max_failures = failures;
+        self
+    }
+
+    /// First interval between health probes of a down upstream (default 500 ms), doubled
+    /// after each failed probe up to [`max_probe_interval`](Self::max_probe_interval).
+    pub fn probe_interval(mut self, interval: Duration) -> Self {
+        self.probe_interval = interval;
+        self
+    }
+
+    /// Ceiling on the interval between health probes (default 10 s).
+    pub fn max_probe_interval(mut self, interval: Duration) -> Self {
+        self.max_probe_interval = interval;
+        self
+    }
+
+    /// Share of queries that may send a hedge, a second copy to another upstream after
+    /// about the first upstream's p95 RTT (default 0.05; 0 disables hedging).
+    pub fn hedge_share(mut self, share: f64) -> Self {
+        self.hedge_share = share;
+        self
+    }
+
+    /// How attempts pick their upstream (default [`Selection::LowestRtt`]).
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.selection = selection;
+        self
+    }
+
+    /// How long a client waits for the upstreams before it gets a stale answer, when the
+    /// cache has an expired one (default 1.8 s, RFC 8767). A failed refresh serves stale at
+    /// once.
+    pub fn stale_answer_timeout(mut self, timeout: Duration) -> Self {
+        self.stale_answer_timeout = timeout;
+        self
+    }
+
+    /// How long past its TTL an answer may be served stale (default 1 day; zero disables
+    /// serve-stale). Stale answers carry TTL 30 and an Extended DNS Error "Stale Answer".
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.max_stale = age;
+        self
+    }
+
+    /// How long a question that failed on every upstream is answered SERVFAIL without
+    /// asking again (default 2 s; zero disables).
+    pub fn failure_ttl(mut self, ttl: Duration) -> Self {
+        self.failure_ttl = ttl;
+        self
+    }
+
+    /// Whether an entry asked for in the last tenth of its TTL is refreshed in the
+    /// background, once (default true), so that popular names never miss.
+    pub fn prefetch(mut self, enabled: bool) -> Self {
+        self.prefetch = enabled;
+        self
+    }
+
+    /// Bound on distinct upstream queries in flight (default 4096); past it, new questions
+    /// get SERVFAIL at once.
+    pub fn max_in_flight(mut self, queries: usize) -> Self {
+        self.max_in_flight = queries;
+        self
+    }
+
+    /// Bound on callers waiting on one upstream query (default 4096); past it, more callers
+    /// for that question get SERVFAIL at once.
+    pub fn max_waiters(mut self, callers: usize) -> Self {
+        self.max_waiters = callers;
         self
     }
 
@@ -147,6 +284,24 @@ impl ResolverBuilder {
         if self.attempt_timeout.is_zero() || self.timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than zero"));
         }
+        if self.min_attempt_timeout > self.attempt_timeout {
+            return Err(Error::Config(
+                "min_attempt_timeout must not exceed attempt_timeout",
+            ));
+        }
+        if self.max_failures == 0 || self.probe_interval.is_zero() {
+            return Err(Error::Config(
+                "max_failures and probe_interval must be greater than zero",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.hedge_share) {
+            return Err(Error::Config("hedge_share must be between 0 and 1"));
+        }
+        if self.max_in_flight == 0 || self.max_waiters == 0 {
+            return Err(Error::Config(
+                "max_in_flight and max_waiters must be at least 1",
+            ));
+        }
         if self.max_attempts == Some(0) {
             return Err(Error::Config("max_attempts must be at least 1"));
         }
@@ -159,18 +314,35 @@ impl ResolverBuilder {
             negative_max_ttl: self.negative_max_ttl,
         };
         let pool = PoolConfig {
+            min_attempt_timeout: self.min_attempt_timeout,
             attempt_timeout: self.attempt_timeout,
             deadline: self.timeout,
             max_attempts: self
                 .max_attempts
                 .unwrap_or_else(|| (2 * self.upstreams.len()).max(3)),
+            max_failures: self.max_failures,
+            probe_interval: self.probe_interval,
+            max_probe_interval: self.max_probe_interval.max(self.probe_interval),
+            hedge_share: self.hedge_share,
+            selection: self.selection,
             tcp_connections: self.tcp_connections,
             tcp_idle_timeout: self.tcp_idle_timeout,
         };
         Ok(Resolver::from_inner(Arc::new(Inner {
-            cache: AnswerCache::new(self.cache_capacity, policy),
-            dedup: Dedup::default(),
+            cache: AnswerCache::new(
+                self.cache_capacity,
+                policy,
+                self.max_stale,
+                self.failure_ttl,
+            ),
+            dedup: Dedup::new(self.max_in_flight, self.max_waiters),
             pool: Pool::new(&self.upstreams, pool),
+            counters: Counters::default(),
+            serving: Serving {
+                stale_answer_timeout: self.stale_answer_timeout,
+                stale_refresh_window: STALE_REFRESH_WINDOW,
+                prefetch: self.prefetch,
+            },
         })))
     }
 }

@@ -4,9 +4,14 @@
 //! caller does not cancel the query for the others. Every caller, the first included, waits
 //! on the flight's `watch` channel. The flight leaves the map when it ends (or is dropped
 //! with its runtime, in which case its waiters get [`Error::Shutdown`]).
+//!
+//! Both the number of flights and the number of callers waiting on one flight are bounded
+//! (a DNSBomb-style flood of one slow name must not pile up answers to send at once); past
+//! a bound the caller gets [`Error::Overloaded`] at once.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
@@ -17,48 +22,91 @@ use crate::error::Error;
 /// The outcome of one flight, shared by all its callers.
 pub(crate) type FlightResult = Result<Arc<Answer>, Error>;
 
-type Flights = HashMap<Arc<[u8]>, watch::Receiver<Option<FlightResult>>>;
+/// One flight: its outcome channel and how many callers wait on it.
+struct Flight {
+    rx: watch::Receiver<Option<FlightResult>>,
+    waiters: Arc<AtomicUsize>,
+}
+
+type Flights = HashMap<Arc<[u8]>, Flight>;
 
 /// The flights under way, by key.
-#[derive(Default)]
 pub(crate) struct Dedup {
     flights: Arc<Mutex<Flights>>,
+    max_flights: usize,
+    max_waiters: usize,
+}
+
+/// Whether a caller started the flight or joined one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Started,
+    Joined,
 }
 
 impl Dedup {
+    pub(crate) fn new(max_flights: usize, max_waiters: usize) -> Self {
+        Self {
+            flights: Arc::default(),
+            max_flights,
+            max_waiters,
+        }
+    }
+
     fn lock(flights: &Mutex<Flights>) -> MutexGuard<'_, Flights> {
         // Every critical section is a single get, insert or remove: a poisoned map is sound.
         flights.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the flight for `key`, or starts one with `start` if there is none.
-    pub(crate) async fn run<F, Fut>(&self, key: &[u8], start: F) -> FlightResult
+    /// Joins the flight for `key`, or starts one with `start` if there is none. `on_role`
+    /// learns which, before the wait.
+    pub(crate) async fn run<F, Fut>(
+        &self,
+        key: &[u8],
+        start: F,
+        on_role: impl FnOnce(Role),
+    ) -> FlightResult
     where
         F: FnOnce(Arc<[u8]>) -> Fut,
         Fut: Future<Output = FlightResult> + Send + 'static,
     {
-        let mut rx = {
+        let (mut rx, waiters) = {
             let mut flights = Self::lock(&self.flights);
-            if let Some(rx) = flights.get(key) {
-                rx.clone()
+            if let Some(flight) = flights.get(key) {
+                if flight.waiters.fetch_add(1, Ordering::AcqRel) >= self.max_waiters {
+                    flight.waiters.fetch_sub(1, Ordering::AcqRel);
+                    return Err(Error::Overloaded);
+                }
+                on_role(Role::Joined);
+                (flight.rx.clone(), Arc::clone(&flight.waiters))
             } else {
+                if flights.len() >= self.max_flights {
+                    return Err(Error::Overloaded);
+                }
                 let key: Arc<[u8]> = key.into();
                 let (tx, rx) = watch::channel(None);
-                flights.insert(Arc::clone(&key), rx.clone());
-                let flight = start(Arc::clone(&key));
+                let waiters = Arc::new(AtomicUsize::new(1));
+                let flight = Flight {
+                    rx: rx.clone(),
+                    waiters: Arc::clone(&waiters),
+                };
+                flights.insert(Arc::clone(&key), flight);
+                let work = start(Arc::clone(&key));
                 let leave = Leave {
                     flights: Arc::clone(&self.flights),
                     key,
                 };
                 tokio::spawn(async move {
-                    let result = flight.await;
+                    let result = work.await;
                     // Leave first: a caller arriving now finds the answer in the cache.
                     drop(leave);
                     let _ = tx.send(Some(result));
                 });
-                rx
+                on_role(Role::Started);
+                (rx, waiters)
             }
         };
+        let _waiting = Waiting(waiters);
         match rx.wait_for(Option::is_some).await {
             Ok(result) => result.clone().unwrap_or(Err(Error::Shutdown)),
             Err(_) => Err(Error::Shutdown),
@@ -68,6 +116,15 @@ impl Dedup {
     /// How many flights are under way.
     pub(crate) fn len(&self) -> usize {
         Self::lock(&self.flights).len()
+    }
+}
+
+/// Counts a caller out of a flight's waiters, however its wait ends.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

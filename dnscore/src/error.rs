@@ -35,6 +35,10 @@ pub enum Error {
     /// The answer could not be read as a DNS message (from `lookup`). Retry later.
     #[error("unreadable answer")]
     BadAnswer,
+    /// Too many queries are waiting on upstreams (or on one upstream query) already; the
+    /// query was refused at once to bound memory. Retry later.
+    #[error("resolver overloaded: too many queries in flight")]
+    Overloaded,
     /// The query was abandoned because the resolver's runtime is shutting down.
     #[error("resolver is shutting down")]
     Shutdown,
@@ -72,6 +76,17 @@ pub enum UpstreamError {
     /// The upstream's answer matched the query but could not be parsed.
     #[error("{0} sent a malformed answer")]
     Malformed(SocketAddr),
+    /// The upstream was found dead (or removed from the list) while the attempt waited;
+    /// the query went to another upstream.
+    #[error("{0} was found dead while the query waited; re-driven")]
+    Redriven(SocketAddr),
+    /// Every upstream is marked down; nothing was sent. Probes bring them back.
+    #[error("every upstream is marked down")]
+    AllDown,
+    /// Every upstream failed this question moments ago; the failure is cached for a few
+    /// seconds (RFC 2308 §7) so that retries do not storm a failing server.
+    #[error("every upstream failed this question moments ago")]
+    RecentlyFailed,
     /// A socket operation failed.
     #[error("socket error talking to {addr}: {source}")]
     Io {
@@ -83,6 +98,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Whether this is a transport failure of the upstream (as opposed to an answer we did
+    /// not like): these count toward marking it down.
+    pub(crate) fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            Self::Refused(_) | Self::ConnectionClosed(_) | Self::Io { .. }
+        )
+    }
+
     /// Classifies a socket error: refused and reset are the marks of a vanished upstream.
     pub(crate) fn from_io(addr: SocketAddr, err: io::Error) -> Self {
         match err.kind() {

@@ -31,7 +31,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
     }
     .apply(&mut answer);
     let mut out = Vec::new();
-    answer.write_response(&q, Instant::now(), usize::from(u16::MAX), &mut out);
+    answer.write_response(&q, Instant::now(), usize::from(u16::MAX), false, &mut out);
     Some((out, answer.lifetime))
 }
 

@@ -80,16 +80,16 @@ mod lookup;
 mod query;
 mod resolver;
 mod service;
+mod stats;
 mod upstream;
 mod wire;
 
-pub use config::{
-    DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CACHE_CAPACITY, DEFAULT_MAX_TTL, DEFAULT_NEGATIVE_MAX_TTL,
-    DEFAULT_TCP_CONNECTIONS, DEFAULT_TCP_IDLE_TIMEOUT, DEFAULT_TIMEOUT, ResolverBuilder,
-};
+pub use config::*;
 pub use error::{Error, UpstreamError};
 pub use lookup::Lookup;
 pub use resolver::{Resolver, Transport};
+pub use stats::{Stats, UpstreamStats};
+pub use upstream::Selection;
 
 /// The wire-format library dnscore builds on, re-exported for record types and data.
 pub use hickory_proto as proto;

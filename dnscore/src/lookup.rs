@@ -54,9 +54,16 @@ impl Resolver {
         let Ok(q) = query::parse(&wire) else {
             return Err(Error::InvalidName(Arc::from(name)));
         };
-        let answer = self.answer(&q).await?;
+        let (answer, freshness) = self.answer(&q).await?;
+        let stale = freshness == crate::cache::Freshness::Stale;
         let mut out = Vec::new();
-        answer.write_response(&q, tokio::time::Instant::now(), MAX_MESSAGE_LEN, &mut out);
+        answer.write_response(
+            &q,
+            tokio::time::Instant::now(),
+            MAX_MESSAGE_LEN,
+            stale,
+            &mut out,
+        );
         let response = Message::from_vec(&out).map_err(|_| Error::BadAnswer)?;
         match response.metadata.response_code {
             ResponseCode::NoError => Ok(Lookup {

@@ -1,16 +1,19 @@
 //! The resolver: a query flows cache → dedup → upstream pool, and the answer flows back
 //! through the cache to every caller that asked.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::ResolverBuilder;
 use crate::answer::Answer;
-use crate::cache::AnswerCache;
-use crate::dedup::Dedup;
-use crate::error::Error;
+use crate::cache::{AnswerCache, Freshness};
+use crate::dedup::{Dedup, Role};
+use crate::error::{Error, UpstreamError};
 use crate::query::{self, Query};
+use crate::stats::{Counters, Stats};
 use crate::upstream::Pool;
 use crate::wire::{MAX_MESSAGE_LEN, rcode, write_rcode_reply};
 
@@ -48,6 +51,21 @@ pub(crate) struct Inner {
     pub(crate) cache: AnswerCache,
     pub(crate) dedup: Dedup,
     pub(crate) pool: Pool,
+    pub(crate) counters: Counters,
+    pub(crate) serving: Serving,
+}
+
+/// How answers are served around the cache (RFC 8767 serve-stale, prefetch).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Serving {
+    /// How long a client waits for an upstream before it gets a stale answer (RFC 8767's
+    /// client response timer).
+    pub(crate) stale_answer_timeout: Duration,
+    /// After a failed refresh of a stale entry, how long to serve it stale without trying
+    /// again (RFC 8767 §4 stale-refresh-time).
+    pub(crate) stale_refresh_window: Duration,
+    /// Refresh entries asked for in the last tenth of their TTL.
+    pub(crate) prefetch: bool,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -101,13 +119,11 @@ impl Resolver {
             Err(_) => return Err(Error::Malformed),
         };
         let limit = transport.limit(&q);
-        let now = Instant::now();
-        if let Some(answer) = self.inner.cache.get(q.key.as_bytes(), now) {
-            answer.write_response(&q, now, limit, out);
-            return Ok(());
-        }
-        match self.fetch(&q).await {
-            Ok(answer) => answer.write_response(&q, Instant::now(), limit, out),
+        match self.answer(&q).await {
+            Ok((answer, freshness)) => {
+                let stale = freshness == Freshness::Stale;
+                answer.write_response(&q, Instant::now(), limit, stale, out);
+            }
             Err(err) => {
                 tracing::debug!(%err, "answering SERVFAIL");
                 write_rcode_reply(&q.header, rcode::SERVFAIL, Some(q.question()), q.edns, out);
@@ -117,9 +133,10 @@ impl Resolver {
     }
 
     /// Answers from the cache alone, without waiting: `Ok(true)` when `out` holds the
-    /// response (a cache hit, or FORMERR and the like), `Ok(false)` on a cache miss (call
-    /// [`resolve_into`](Self::resolve_into)), [`Error::Malformed`] when the packet is to be
-    /// dropped. A server answers hits inline this way and spawns a task only for misses.
+    /// response (a cache hit, or FORMERR and the like), `Ok(false)` when the query needs an
+    /// upstream (call [`resolve_into`](Self::resolve_into)), [`Error::Malformed`] when the
+    /// packet is to be dropped. A server answers hits inline this way and spawns a task only
+    /// for the rest.
     pub fn resolve_cached(
         &self,
         query: &[u8],
@@ -132,41 +149,133 @@ impl Resolver {
             Err(_) => return Err(Error::Malformed),
         };
         let now = Instant::now();
-        match self.inner.cache.get(q.key.as_bytes(), now) {
-            Some(answer) => {
-                answer.write_response(&q, now, transport.limit(&q), out);
+        match self.inner.cache.lookup(q.key.as_bytes(), now) {
+            Some((answer, Freshness::Fresh)) => {
+                self.on_hit(q.key.as_bytes(), &answer, now);
+                answer.write_response(&q, now, transport.limit(&q), false, out);
                 Ok(true)
             }
-            None => Ok(false),
+            _ => Ok(false),
         }
     }
 
-    /// The answer for a parsed query: from the cache, or from the one flight for its key.
-    pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<Arc<Answer>, Error> {
-        match self.inner.cache.get(q.key.as_bytes(), Instant::now()) {
-            Some(answer) => Ok(answer),
-            None => self.fetch(q).await,
+    /// Counts a hit and starts a prefetch if the entry is near its end.
+    #[inline]
+    fn on_hit(&self, key: &[u8], answer: &Arc<Answer>, now: Instant) {
+        self.inner.counters.hits.add(1);
+        if self.inner.serving.prefetch && answer.claim_prefetch(now) {
+            // Outside a runtime (a caller's own thread) there is nowhere to run it: skip.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                self.inner.counters.prefetches.add(1);
+                let (resolver, key) = (self.clone(), key.to_vec());
+                runtime.spawn(async move {
+                    let _ = resolver.fetch(&key).await;
+                });
+            }
         }
     }
 
-    /// Joins or starts the flight for `q`'s key; the flight asks the pool, applies the TTL
-    /// policy and fills the cache before anyone is answered.
-    async fn fetch(&self, q: &Query<'_>) -> Result<Arc<Answer>, Error> {
+    /// The answer for a parsed query: fresh from the cache; else from the one flight for its
+    /// key; stale from the cache (RFC 8767) when that flight fails or is slower than the
+    /// client response timer.
+    pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<(Arc<Answer>, Freshness), Error> {
+        let key = q.key.as_bytes();
+        let now = Instant::now();
+        let counters = &self.inner.counters;
+        match self.inner.cache.lookup(key, now) {
+            Some((answer, Freshness::Fresh)) => {
+                self.on_hit(key, &answer, now);
+                Ok((answer, Freshness::Fresh))
+            }
+            Some((stale, Freshness::Stale)) => {
+                counters.misses.add(1);
+                let serving = self.inner.serving;
+                if !stale.refresh_blocked(now, serving.stale_refresh_window) {
+                    let fetched =
+                        tokio::time::timeout(serving.stale_answer_timeout, self.fetch(key)).await;
+                    match fetched {
+                        Ok(Ok(fresh)) => return Ok((fresh, Freshness::Fresh)),
+                        Ok(Err(_)) => stale.refresh_failed_at(Instant::now()),
+                        // The flight goes on and fills the cache when it lands.
+                        Err(_slow) => {}
+                    }
+                }
+                counters.stale.add(1);
+                Ok((stale, Freshness::Stale))
+            }
+            None => {
+                counters.misses.add(1);
+                if self.inner.cache.recently_failed(key, now) {
+                    counters.failures.add(1);
+                    return Err(Error::NoAnswer(Arc::new(UpstreamError::RecentlyFailed)));
+                }
+                let fetched = self.fetch(key).await;
+                if let Err(err) = &fetched {
+                    match err {
+                        Error::Overloaded => counters.overloaded.add(1),
+                        _ => counters.failures.add(1),
+                    }
+                }
+                fetched.map(|answer| (answer, Freshness::Fresh))
+            }
+        }
+    }
+
+    /// Joins or starts the flight for `key`; the flight asks the pool, applies the TTL
+    /// policy and fills the cache (or remembers the failure) before anyone is answered.
+    async fn fetch(&self, key: &[u8]) -> Result<Arc<Answer>, Error> {
         let inner = Arc::clone(&self.inner);
+        let flight = move |key: Arc<[u8]>| async move {
+            match inner.pool.query(&key).await {
+                Ok(mut answer) => {
+                    inner.cache.policy().apply(&mut answer);
+                    let answer = Arc::new(answer);
+                    inner.cache.insert(&key, &answer);
+                    Ok(answer)
+                }
+                Err(err) => {
+                    inner.cache.insert_failure(&key, Instant::now());
+                    Err(Error::NoAnswer(Arc::new(err)))
+                }
+            }
+        };
+        let joins = &self.inner.counters.joins;
         self.inner
             .dedup
-            .run(q.key.as_bytes(), move |key| async move {
-                let mut answer = inner
-                    .pool
-                    .query(&key)
-                    .await
-                    .map_err(|e| Error::NoAnswer(Arc::new(e)))?;
-                inner.cache.policy().apply(&mut answer);
-                let answer = Arc::new(answer);
-                inner.cache.insert(&key, &answer);
-                Ok(answer)
+            .run(key, flight, |role| {
+                if role == Role::Joined {
+                    joins.add(1);
+                }
             })
             .await
+    }
+
+    /// Replaces the upstream list, keeping the state of upstreams that stay. Queries
+    /// outstanding on removed upstreams are re-driven to the others at once; the cache is
+    /// kept. An empty list is refused.
+    pub fn set_upstreams(&self, upstreams: &[SocketAddr]) -> Result<(), Error> {
+        if upstreams.is_empty() {
+            return Err(Error::NoUpstreams);
+        }
+        self.inner.pool.set_upstreams(upstreams);
+        Ok(())
+    }
+
+    /// A snapshot of the counters and of each upstream's state.
+    pub fn stats(&self) -> Stats {
+        let c = &self.inner.counters;
+        Stats {
+            cache_hits: c.hits.get(),
+            cache_misses: c.misses.get(),
+            stale_answers: c.stale.get(),
+            prefetches: c.prefetches.get(),
+            dedup_joins: c.joins.get(),
+            overloaded: c.overloaded.get(),
+            failures: c.failures.get(),
+            cache_entries: self.inner.cache.len(),
+            in_flight: self.inner.dedup.len(),
+            upstreams: self.inner.pool.stats(),
+        }
     }
 
     /// How many answers are cached (expired ones included until they are evicted).

@@ -235,6 +235,17 @@ pub(crate) fn write_opt(out: &mut Vec<u8>, rcode: u16, dnssec_ok: bool) {
     out.extend_from_slice(&0u16.to_be_bytes());
 }
 
+/// Extended DNS Error option (RFC 8914): code 15, INFO-CODE 3 "Stale Answer".
+const EDE_STALE_ANSWER: [u8; 6] = [0, 15, 0, 2, 0, 3];
+
+/// Like [`write_opt`], with an Extended DNS Error "Stale Answer" option (RFC 8767 §6).
+pub(crate) fn write_opt_stale(out: &mut Vec<u8>, rcode: u16, dnssec_ok: bool) {
+    write_opt(out, rcode, dnssec_ok);
+    let len = out.len();
+    out[len - 2..].copy_from_slice(&(EDE_STALE_ANSWER.len() as u16).to_be_bytes());
+    out.extend_from_slice(&EDE_STALE_ANSWER);
+}
+
 /// Writes a reply that carries only a response code: the client's ID, opcode, RD and CD
 /// echoed, the question echoed when `question` is the client's question section, and an OPT
 /// record when the client sent one.

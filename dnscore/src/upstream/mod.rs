@@ -1,94 +1,280 @@
-//! The upstream pool: picks an upstream, bounds the query by one deadline, and retries on
-//! another upstream when one fails, so that an evicted CoreDNS pod is invisible to the client.
+//! The upstream pool: picks upstreams, bounds each query by one deadline, and retries,
+//! hedges and re-drives so that an evicted or slow CoreDNS pod is invisible to the client.
 //!
-//! One query is a race of attempts. The first attempt goes to a random upstream. Another is
-//! launched, on the next upstream in turn, as soon as an attempt fails (port closed, TCP
-//! reset, SERVFAIL, REFUSED, malformed answer) or when the attempt timeout passes without
-//! an answer; earlier attempts keep listening, so a slow answer still wins if it comes
-//! first. An upstream that answered with a failure code is not asked again for this query.
-//! The query ends with the first good answer, when attempts run out, or at the deadline.
+//! One query is a race of attempts:
+//! - the first goes to the upstream the [`Selection`] policy picks among the healthy ones;
+//! - another is launched at once when an attempt fails (port closed, TCP reset, SERVFAIL,
+//!   REFUSED, malformed answer) or is re-driven (its upstream was found dead while the
+//!   attempt waited), when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped),
+//!   or, as a *hedge*, after about the upstream's p95 RTT if the hedge budget allows (a small
+//!   share of queries, so a slow upstream cannot double the load);
+//! - earlier attempts keep listening: whichever valid answer comes first wins;
+//! - the query ends with the first good answer, when attempts run out, or at the deadline.
 //!
-//! Each attempt is UDP first; a truncated UDP answer is asked again over TCP, of the same
-//! upstream (a state of [`attempt`], not a flag), and a truncated TCP answer is a failure.
+//! Each attempt is UDP first on a fresh connected socket; a truncated answer is asked
+//! again over TCP of the same upstream, and a truncated TCP answer is a failure. Transport
+//! failures mark an upstream down after a few in a row; a probe task (`. IN NS`, with
+//! exponential backoff) brings it back. When every upstream is down the query fails at once.
 
+mod health;
 mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::answer::Answer;
 use crate::error::UpstreamError;
 use crate::query::Key;
+use crate::stats::UpstreamStats;
+
+use health::{Health, Transition};
+
+/// How the pool picks the upstream for an attempt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Selection {
+    /// Of two healthy upstreams picked at random, the one with the lower smoothed RTT
+    /// ("power of two choices"): fast upstreams get most queries, none gets all of them.
+    #[default]
+    LowestRtt,
+    /// A healthy upstream at random.
+    Random,
+    /// The healthy upstreams in turn.
+    RoundRobin,
+    /// The first healthy upstream in the configured order.
+    Sequential,
+}
 
 /// How the pool behaves; see the builder for the defaults and their reasons.
 #[derive(Clone, Debug)]
 pub(crate) struct PoolConfig {
+    pub(crate) min_attempt_timeout: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) deadline: Duration,
     pub(crate) max_attempts: usize,
+    pub(crate) max_failures: u32,
+    pub(crate) probe_interval: Duration,
+    pub(crate) max_probe_interval: Duration,
+    pub(crate) hedge_share: f64,
+    pub(crate) selection: Selection,
     pub(crate) tcp_connections: usize,
     pub(crate) tcp_idle_timeout: Duration,
 }
 
-/// One upstream server and its TCP connections.
+/// One upstream server: its health and its TCP connections.
 struct Upstream {
     addr: SocketAddr,
     tcp: tcp::TcpPool,
+    health: Health,
+    /// Set when the upstream leaves the list: its probe stops.
+    removed: AtomicBool,
+}
+
+/// A token bucket that lets a `share` of queries send a hedge. Tokens are kept in
+/// thousandths; each query adds `share` × 1000, each hedge takes 1000.
+struct HedgeBudget {
+    milli_tokens: AtomicI64,
+    per_query: i64,
+}
+
+/// Hedges that may be sent in a burst.
+const HEDGE_BURST: i64 = 10;
+
+impl HedgeBudget {
+    fn new(share: f64) -> Self {
+        Self {
+            milli_tokens: AtomicI64::new(0),
+            per_query: (share.clamp(0.0, 1.0) * 1000.0) as i64,
+        }
+    }
+
+    fn deposit(&self) {
+        if self.per_query == 0 {
+            return;
+        }
+        let _ = self
+            .milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + self.per_query).min(HEDGE_BURST * 1000))
+            });
+    }
+
+    fn try_take(&self) -> bool {
+        self.milli_tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
+            .is_ok()
+    }
 }
 
 /// The upstream servers.
 pub(crate) struct Pool {
-    upstreams: Box<[Arc<Upstream>]>,
+    upstreams: RwLock<Arc<[Arc<Upstream>]>>,
     config: PoolConfig,
+    round_robin: AtomicUsize,
+    hedges: HedgeBudget,
 }
 
 impl Pool {
     pub(crate) fn new(addrs: &[SocketAddr], config: PoolConfig) -> Self {
-        let upstreams = addrs
-            .iter()
-            .map(|&addr| {
+        let pool = Self {
+            upstreams: RwLock::new(Arc::from(Vec::new())),
+            hedges: HedgeBudget::new(config.hedge_share),
+            config,
+            round_robin: AtomicUsize::new(0),
+        };
+        pool.set_upstreams(addrs);
+        pool
+    }
+
+    fn upstreams(&self) -> Arc<[Arc<Upstream>]> {
+        Arc::clone(&self.upstreams.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the upstream list. Upstreams that stay keep their state and connections;
+    /// those that leave are drained: queries outstanding on them are re-driven at once and
+    /// their probes stop (their TCP connections close when the last query lets go).
+    pub(crate) fn set_upstreams(&self, addrs: &[SocketAddr]) {
+        let old = self.upstreams();
+        let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(addrs.len());
+        for &addr in addrs {
+            if next.iter().any(|u| u.addr == addr) {
+                continue;
+            }
+            let kept = old.iter().find(|u| u.addr == addr).map(Arc::clone);
+            next.push(kept.unwrap_or_else(|| {
                 Arc::new(Upstream {
                     addr,
-                    tcp: tcp::TcpPool::new(addr, config.tcp_connections, config.tcp_idle_timeout),
+                    tcp: tcp::TcpPool::new(
+                        addr,
+                        self.config.tcp_connections,
+                        self.config.tcp_idle_timeout,
+                    ),
+                    health: Health::default(),
+                    removed: AtomicBool::new(false),
                 })
+            }));
+        }
+        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(next.clone());
+        for gone in old
+            .iter()
+            .filter(|u| !next.iter().any(|n| n.addr == u.addr))
+        {
+            gone.removed.store(true, Ordering::Release);
+            gone.health.redrive();
+        }
+    }
+
+    /// A snapshot of every upstream's state.
+    pub(crate) fn stats(&self) -> Vec<UpstreamStats> {
+        self.upstreams()
+            .iter()
+            .map(|u| {
+                let c = &u.health.counters;
+                UpstreamStats {
+                    addr: u.addr,
+                    healthy: !u.health.is_down(),
+                    srtt: u.health.srtt(),
+                    attempts: c.attempts.load(Ordering::Relaxed),
+                    failures: c.failures.load(Ordering::Relaxed),
+                    timeouts: c.timeouts.load(Ordering::Relaxed),
+                    error_rcodes: c.error_rcodes.load(Ordering::Relaxed),
+                    redrives: c.redrives.load(Ordering::Relaxed),
+                    last_success: u.health.last_success().map(|t| t.into_std()),
+                }
             })
-            .collect();
-        Self { upstreams, config }
+            .collect()
+    }
+
+    /// Picks an upstream that is healthy and not excluded, preferring ones not yet tried;
+    /// a hedge goes only to one not yet tried.
+    fn pick(
+        &self,
+        ups: &[Arc<Upstream>],
+        excluded: &[bool],
+        tried: &[bool],
+        hedge: bool,
+    ) -> Option<usize> {
+        let usable = |i: usize| !excluded[i] && !ups[i].health.is_down();
+        let mut candidates: Vec<usize> =
+            (0..ups.len()).filter(|&i| usable(i) && !tried[i]).collect();
+        if candidates.is_empty() && !hedge {
+            candidates = (0..ups.len()).filter(|&i| usable(i)).collect();
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let n = candidates.len();
+        Some(match self.config.selection {
+            Selection::Sequential => candidates[0],
+            Selection::Random => candidates[rand::random_range(0..n)],
+            Selection::RoundRobin => {
+                candidates[self.round_robin.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            Selection::LowestRtt => {
+                let a = candidates[rand::random_range(0..n)];
+                let b = candidates[rand::random_range(0..n)];
+                // An upstream with no RTT yet counts as fastest, so that it gets explored.
+                let rtt = |i: usize| ups[i].health.srtt().unwrap_or_default();
+                if rtt(b) < rtt(a) { b } else { a }
+            }
+        })
     }
 
     /// Asks the upstreams for `key` until one gives an answer (NOERROR or NXDOMAIN).
     pub(crate) async fn query(&self, key: &Arc<[u8]>) -> Result<Answer, UpstreamError> {
-        let n = self.upstreams.len();
-        let deadline = Instant::now() + self.config.deadline;
-        let first = rand::random_range(0..n.max(1));
+        let ups = self.upstreams();
+        let n = ups.len();
+        let config = &self.config;
+        let deadline = Instant::now() + config.deadline;
+        self.hedges.deposit();
         // Upstreams that answered with a failure code: asking them again gives the same.
         let mut gave_up = vec![false; n];
+        let mut tried = vec![false; n];
         let mut attempts = JoinSet::new();
         let mut launched = 0usize;
         let mut next_launch = Instant::now();
+        let mut timeout_at = next_launch;
         let mut last_error = None;
 
         loop {
             let now = Instant::now();
-            let candidate = (launched < self.config.max_attempts)
-                .then(|| {
-                    (0..n)
-                        .map(|k| (first + launched + k) % n)
-                        .find(|&i| !gave_up[i])
-                })
-                .flatten();
-            if let Some(i) = candidate
-                && (attempts.is_empty() || now >= next_launch)
-            {
-                let upstream = Arc::clone(&self.upstreams[i]);
-                attempts.spawn(attempt(upstream, Arc::clone(key), i));
+            let may_launch = launched < config.max_attempts;
+            if may_launch && (attempts.is_empty() || now >= next_launch) {
+                // Before the running attempt's timeout, a new one is a hedge: it needs another
+                // upstream and budget.
+                let hedge = !attempts.is_empty() && now < timeout_at;
+                let Some(i) = self.pick(&ups, &gave_up, &tried, hedge) else {
+                    if attempts.is_empty() {
+                        break;
+                    }
+                    next_launch = if hedge { timeout_at } else { deadline };
+                    continue;
+                };
+                if hedge && !self.hedges.try_take() {
+                    next_launch = timeout_at;
+                    continue;
+                }
+                let upstream = Arc::clone(&ups[i]);
+                let limit = upstream
+                    .health
+                    .attempt_timeout(config.min_attempt_timeout, config.attempt_timeout);
+                let hedge = upstream
+                    .health
+                    .hedge_delay()
+                    .filter(|_| self.hedges.per_query > 0);
+                timeout_at = now + limit;
+                next_launch = hedge.map_or(timeout_at, |h| (now + h).min(timeout_at));
+                attempts.spawn(attempt(upstream, Arc::clone(key), i, limit, config.clone()));
+                tried[i] = true;
                 launched += 1;
-                next_launch = now + self.config.attempt_timeout;
                 continue;
             }
             if attempts.is_empty() {
@@ -102,7 +288,7 @@ impl Pool {
                         Ok(answer) => {
                             gave_up[i] = true;
                             last_error = Some(UpstreamError::Rcode {
-                                addr: self.upstreams[i].addr,
+                                addr: ups[i].addr,
                                 rcode: answer.rcode,
                             });
                         }
@@ -113,40 +299,142 @@ impl Pool {
                             last_error = Some(err);
                         }
                     }
+                    // A failed attempt frees its slot: the next one goes now.
+                    next_launch = Instant::now();
                     if let Some(err) = &last_error {
                         tracing::debug!(%err, "upstream attempt failed");
                     }
                 }
-                () = sleep_until(next_launch), if candidate.is_some() => {}
+                () = sleep_until(next_launch), if may_launch => {}
                 () = sleep_until(deadline) => {
-                    let addr = self.upstreams[(first + launched.saturating_sub(1)) % n].addr;
-                    last_error = Some(UpstreamError::Timeout(addr));
+                    last_error = Some(UpstreamError::Timeout(ups[tried.iter().rposition(|&t| t).unwrap_or(0)].addr));
                     break;
                 }
             }
         }
-        Err(last_error.unwrap_or(UpstreamError::Timeout(self.upstreams[first % n].addr)))
+        Err(last_error.unwrap_or(UpstreamError::AllDown))
     }
 }
 
-/// One attempt at one upstream: UDP, then TCP if the UDP answer was truncated.
+/// One attempt at one upstream, with its accounting: RTT on an answer, a failure on a
+/// transport error or when `limit` passes, and a stop when the upstream is re-driven.
 async fn attempt(
     upstream: Arc<Upstream>,
     key: Arc<[u8]>,
     index: usize,
+    limit: Duration,
+    config: PoolConfig,
 ) -> (usize, Result<Answer, UpstreamError>) {
-    let key = Key(&key);
-    let result = match udp::exchange(upstream.addr, key).await {
-        Ok(udp::Reply::Answer(answer)) if !answer.truncated() => Ok(answer),
-        Ok(udp::Reply::Answer(_) | udp::Reply::TooLarge) => {
-            match upstream.tcp.exchange(key).await {
-                Ok(answer) if answer.truncated() => {
-                    Err(UpstreamError::TruncatedOverTcp(upstream.addr))
+    let health = &upstream.health;
+    health.counters.attempts.fetch_add(1, Ordering::Relaxed);
+    let mut deaths = health.deaths();
+    deaths.borrow_and_update();
+    let started = Instant::now();
+    let exchange = exchange(&upstream, Key(&key));
+    tokio::pin!(exchange);
+    let timer = sleep(limit);
+    tokio::pin!(timer);
+    let mut timed_out = false;
+    loop {
+        tokio::select! {
+            result = &mut exchange => {
+                match &result {
+                    Ok(answer) => {
+                        if !answer.is_answer() {
+                            health.counters.error_rcodes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        health.record_answer(started.elapsed(), Instant::now());
+                    }
+                    Err(err) if err.is_transport() => {
+                        // A closed port or a reset: whatever else waits on it waits in vain.
+                        health.redrive();
+                        failed(&upstream, &config);
+                    }
+                    Err(_) => {}
                 }
-                other => other,
+                return (index, result);
+            }
+            () = &mut timer, if !timed_out => {
+                timed_out = true;
+                health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                failed(&upstream, &config);
+            }
+            Ok(()) = deaths.changed() => {
+                return (index, Err(UpstreamError::Redriven(upstream.addr)));
             }
         }
-        Err(err) => Err(err),
-    };
-    (index, result)
+    }
+}
+
+/// Records a transport failure; an upstream that goes down is re-driven and probed.
+fn failed(upstream: &Arc<Upstream>, config: &PoolConfig) {
+    if upstream.health.record_failure(config.max_failures) == Transition::WentDown {
+        tracing::warn!(addr = %upstream.addr, "upstream marked down");
+        upstream.health.redrive();
+        tokio::spawn(probe(Arc::clone(upstream), config.clone()));
+    }
+}
+
+/// Asks a down upstream `. IN NS` (as CoreDNS's health check does) with exponential backoff
+/// until it answers anything, then marks it up.
+async fn probe(upstream: Arc<Upstream>, config: PoolConfig) {
+    // The key for ". IN NS" without DO or CD: root name, type 2, class 1, flags 0.
+    const ROOT_NS: [u8; 6] = [0, 0, 2, 0, 1, 0];
+    let mut interval = config.probe_interval;
+    loop {
+        sleep(interval).await;
+        if upstream.removed.load(Ordering::Acquire) {
+            break;
+        }
+        let started = Instant::now();
+        let reply = tokio::time::timeout(
+            config.attempt_timeout,
+            udp::exchange(upstream.addr, Key(&ROOT_NS)),
+        )
+        .await;
+        if let Ok(Ok(_)) = reply {
+            upstream
+                .health
+                .record_answer(started.elapsed(), Instant::now());
+            tracing::info!(addr = %upstream.addr, "upstream is back up");
+            break;
+        }
+        interval = (interval * 2).min(config.max_probe_interval);
+    }
+    upstream.health.probe_ended();
+}
+
+/// UDP, then TCP if the UDP answer was truncated or too large to hold.
+async fn exchange(upstream: &Upstream, key: Key<'_>) -> Result<Answer, UpstreamError> {
+    match udp::exchange(upstream.addr, key).await? {
+        udp::Reply::Answer(answer) if !answer.truncated() => Ok(answer),
+        udp::Reply::Answer(_) | udp::Reply::TooLarge => match upstream.tcp.exchange(key).await {
+            Ok(answer) if answer.truncated() => Err(UpstreamError::TruncatedOverTcp(upstream.addr)),
+            other => other,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hedge_budget_allows_about_its_share() {
+        let budget = HedgeBudget::new(0.05);
+        let mut hedges = 0;
+        for _ in 0..1000 {
+            budget.deposit();
+            if budget.try_take() {
+                hedges += 1;
+            }
+        }
+        assert!(
+            (49..=51).contains(&hedges),
+            "{hedges} hedges for 1000 queries"
+        );
+        let none = HedgeBudget::new(0.0);
+        none.deposit();
+        assert!(!none.try_take());
+    }
 }

@@ -1,0 +1,109 @@
+//! Counters for metrics: cheap enough for the cache-hit path (striped across threads, so
+//! two threads counting hits do not fight over one cache line), read as a snapshot.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Stripes per counter; threads map to one by a per-thread index.
+const STRIPES: usize = 16;
+
+/// A counter spread over cache-line-sized stripes.
+#[derive(Debug, Default)]
+pub(crate) struct Striped {
+    stripes: [Padded; STRIPES],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    INDEX.with(|i| {
+        if i.get() == usize::MAX {
+            i.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        i.get()
+    })
+}
+
+impl Striped {
+    #[inline]
+    pub(crate) fn add(&self, n: u64) {
+        self.stripes[stripe()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// The resolver's own counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) hits: Striped,
+    pub(crate) misses: Striped,
+    pub(crate) stale: Striped,
+    pub(crate) prefetches: Striped,
+    pub(crate) joins: Striped,
+    pub(crate) overloaded: Striped,
+    pub(crate) failures: Striped,
+}
+
+/// A snapshot of the resolver's counters and state, for metrics.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Queries answered from a fresh cache entry.
+    pub cache_hits: u64,
+    /// Queries that found no usable entry (stale ones included) and went upstream.
+    pub cache_misses: u64,
+    /// Answers served stale (RFC 8767) because no upstream answered in time.
+    pub stale_answers: u64,
+    /// Background refreshes of popular entries near the end of their TTL.
+    pub prefetches: u64,
+    /// Queries that joined an identical upstream query already in flight.
+    pub dedup_joins: u64,
+    /// Queries refused at once because too much was in flight.
+    pub overloaded: u64,
+    /// Queries answered SERVFAIL because no upstream answered (cached failures included).
+    pub failures: u64,
+    /// Entries in the cache, expired ones included until evicted.
+    pub cache_entries: usize,
+    /// Distinct upstream queries in flight.
+    pub in_flight: usize,
+    /// One entry per upstream.
+    pub upstreams: Vec<UpstreamStats>,
+}
+
+/// The state of one upstream.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct UpstreamStats {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// False while it is marked down.
+    pub healthy: bool,
+    /// Smoothed RTT, once it has answered.
+    pub srtt: Option<Duration>,
+    /// Attempts sent to it (UDP, with any TCP follow-up, counts once).
+    pub attempts: u64,
+    /// Transport failures: port closed, reset, timeouts.
+    pub failures: u64,
+    /// Attempts that passed their timeout (also counted in `failures`).
+    pub timeouts: u64,
+    /// Answers with a failure code (SERVFAIL, REFUSED, ...).
+    pub error_rcodes: u64,
+    /// Times the queries outstanding on it were re-driven elsewhere.
+    pub redrives: u64,
+    /// When it last answered.
+    pub last_success: Option<Instant>,
+}

@@ -1,0 +1,207 @@
+//! What the pool knows of one upstream: smoothed RTT and its variance (RFC 6298), the run of
+//! consecutive transport failures that marks it down, and a signal that re-drives every
+//! query outstanding on it when it is found dead.
+//!
+//! Only transport failures count (port closed, connection reset, no answer in time): an
+//! upstream that answers SERVFAIL is alive, and a forged or malformed packet never reaches
+//! here at all, so an attacker cannot take an upstream out of rotation by spraying packets.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// RFC 6298 §2: alpha = 1/8, beta = 1/4.
+const ALPHA: f64 = 0.125;
+const BETA: f64 = 0.25;
+/// The earliest a hedge is sent.
+const MIN_HEDGE_DELAY: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Default)]
+struct State {
+    /// Smoothed RTT in seconds; `None` until the first answer.
+    srtt: Option<f64>,
+    /// RTT variation in seconds.
+    rttvar: f64,
+    consecutive_failures: u32,
+    down: bool,
+    /// A probe task is running for this upstream.
+    probing: bool,
+    last_success: Option<Instant>,
+}
+
+/// Counters kept for metrics and tests.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) attempts: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) timeouts: AtomicU64,
+    pub(crate) error_rcodes: AtomicU64,
+    pub(crate) redrives: AtomicU64,
+}
+
+/// Health of one upstream.
+#[derive(Debug)]
+pub(crate) struct Health {
+    state: Mutex<State>,
+    /// Bumped when the upstream is found dead or removed: attempts in flight on it stop
+    /// waiting and their queries go elsewhere at once.
+    deaths: watch::Sender<u64>,
+    pub(crate) counters: Counters,
+}
+
+/// What a recorded failure did to the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Transition {
+    /// Nothing changed.
+    None,
+    /// The upstream was just marked down: start probing it.
+    WentDown,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            deaths: watch::Sender::new(0),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl Health {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update leaves the state consistent; a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An answer arrived after `rtt`: fold it into SRTT/RTTVAR and end any run of failures.
+    /// Returns true if this brought the upstream back up.
+    pub(crate) fn record_answer(&self, rtt: Duration, now: Instant) -> bool {
+        let r = rtt.as_secs_f64();
+        let mut s = self.state();
+        match s.srtt {
+            None => {
+                s.srtt = Some(r);
+                s.rttvar = r / 2.0;
+            }
+            Some(srtt) => {
+                s.rttvar = (1.0 - BETA) * s.rttvar + BETA * (srtt - r).abs();
+                s.srtt = Some((1.0 - ALPHA) * srtt + ALPHA * r);
+            }
+        }
+        s.consecutive_failures = 0;
+        s.last_success = Some(now);
+        std::mem::replace(&mut s.down, false)
+    }
+
+    /// A transport failure; after `max_failures` in a row the upstream is marked down.
+    pub(crate) fn record_failure(&self, max_failures: u32) -> Transition {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let mut s = self.state();
+        s.consecutive_failures = s.consecutive_failures.saturating_add(1);
+        if !s.down && s.consecutive_failures >= max_failures {
+            s.down = true;
+            if !s.probing {
+                s.probing = true;
+                return Transition::WentDown;
+            }
+        }
+        Transition::None
+    }
+
+    /// The probe task ends (the upstream is back, or it was removed).
+    pub(crate) fn probe_ended(&self) {
+        self.state().probing = false;
+    }
+
+    /// Whether the upstream is marked down.
+    pub(crate) fn is_down(&self) -> bool {
+        self.state().down
+    }
+
+    /// Smoothed RTT, if any answer was seen.
+    pub(crate) fn srtt(&self) -> Option<Duration> {
+        self.state().srtt.map(Duration::from_secs_f64)
+    }
+
+    /// How long an attempt waits before it counts as timed out: SRTT + 4·RTTVAR (RFC 6298
+    /// §2.3), clamped to `floor..=cap`; `cap` before the first answer.
+    pub(crate) fn attempt_timeout(&self, floor: Duration, cap: Duration) -> Duration {
+        let s = self.state();
+        match s.srtt {
+            None => cap,
+            Some(srtt) => Duration::from_secs_f64(srtt + 4.0 * s.rttvar).clamp(floor, cap),
+        }
+    }
+
+    /// When a second copy of a query may be sent elsewhere: about the upstream's p95 RTT
+    /// (SRTT + 2·RTTVAR, RTTVAR being close to a mean deviation), at least 5 ms (below that,
+    /// scheduling jitter rather than the upstream decides).
+    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
+        let s = self.state();
+        s.srtt
+            .map(|srtt| Duration::from_secs_f64(srtt + 2.0 * s.rttvar).max(MIN_HEDGE_DELAY))
+    }
+
+    /// Re-drives every query outstanding on this upstream.
+    pub(crate) fn redrive(&self) {
+        self.counters.redrives.fetch_add(1, Ordering::Relaxed);
+        self.deaths
+            .send_modify(|epoch| *epoch = epoch.wrapping_add(1));
+    }
+
+    /// A receiver that fires at the next re-drive.
+    pub(crate) fn deaths(&self) -> watch::Receiver<u64> {
+        self.deaths.subscribe()
+    }
+
+    /// When the upstream last answered.
+    pub(crate) fn last_success(&self) -> Option<Instant> {
+        self.state().last_success
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_estimates_follow_rfc_6298() {
+        let h = Health::default();
+        let now = Instant::now();
+        let (floor, cap) = (Duration::from_millis(50), Duration::from_secs(1));
+        assert_eq!(h.attempt_timeout(floor, cap), cap, "no sample yet: the cap");
+        h.record_answer(Duration::from_millis(100), now);
+        // srtt 100 ms, rttvar 50 ms -> 300 ms
+        assert_eq!(h.attempt_timeout(floor, cap), Duration::from_millis(300));
+        for _ in 0..50 {
+            h.record_answer(Duration::from_micros(200), now);
+        }
+        assert_eq!(
+            h.attempt_timeout(floor, cap),
+            floor,
+            "fast upstream: the floor"
+        );
+        assert!(h.srtt().unwrap() < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn marked_down_after_consecutive_failures_only() {
+        let h = Health::default();
+        let now = Instant::now();
+        assert_eq!(h.record_failure(3), Transition::None);
+        assert_eq!(h.record_failure(3), Transition::None);
+        h.record_answer(Duration::from_millis(1), now);
+        assert_eq!(h.record_failure(3), Transition::None);
+        assert_eq!(h.record_failure(3), Transition::None);
+        assert!(!h.is_down());
+        assert_eq!(h.record_failure(3), Transition::WentDown);
+        assert!(h.is_down());
+        assert_eq!(h.record_failure(3), Transition::None, "one probe task only");
+        assert!(h.record_answer(Duration::from_millis(1), now), "back up");
+        assert!(!h.is_down());
+    }
+}
