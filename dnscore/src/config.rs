@@ -18,8 +18,8 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 pub const DEFAULT_MAX_TTL: u32 = 86_400;
 /// Default ceiling on a negative answer's TTL: one hour (Unbound; RFC 2308 §5 suggests 1-3 h).
 pub const DEFAULT_NEGATIVE_MAX_TTL: u32 = 3_600;
-/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR), and its value until
-/// the upstream has answered once.
+/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR); before an upstream
+/// has answered once, its attempts wait 400 ms (or this ceiling, if lower).
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(800);
 /// Default floor on one attempt's adaptive timeout.
 pub const DEFAULT_MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
@@ -153,8 +153,8 @@ impl ResolverBuilder {
     }
 
     /// Ceiling on one attempt's timeout (default 800 ms), after which another upstream is
-    /// asked as well; also its value until the upstream has answered once. The timeout
-    /// adapts to the upstream's RTT (SRTT + 4·RTTVAR) between the floor and this ceiling.
+    /// asked as well. The timeout adapts to the upstream's RTT (SRTT + 4·RTTVAR) between the
+    /// floor and this ceiling; before the upstream's first answer it is 400 ms, within them.
     /// Earlier attempts keep listening: whichever valid answer comes first wins.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;

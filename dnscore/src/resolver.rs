@@ -234,7 +234,13 @@ impl Resolver {
                     Ok(answer)
                 }
                 Err(err) => {
-                    inner.cache.insert_failure(&key, Instant::now());
+                    let now = Instant::now();
+                    inner.cache.insert_failure(&key, now);
+                    // A stale entry is then served at once, without asking again, for a
+                    // while (RFC 8767 §4), even to clients that gave up waiting earlier.
+                    if let Some((stale, Freshness::Stale)) = inner.cache.lookup(&key, now) {
+                        stale.refresh_failed_at(now);
+                    }
                     Err(Error::NoAnswer(Arc::new(err)))
                 }
             }

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 /// RFC 6298 §2: alpha = 1/8, beta = 1/4.
 const ALPHA: f64 = 0.125;
 const BETA: f64 = 0.25;
+/// An attempt's timeout before the upstream's first answer.
+const INITIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// The earliest a hedge is sent.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(5);
 
@@ -97,6 +99,14 @@ impl Health {
         std::mem::replace(&mut s.down, false)
     }
 
+    /// An attempt waited `waited` without an answer: the upstream is at least that slow now,
+    /// so raise its SRTT to it (selection then prefers the others). Not a failure.
+    pub(crate) fn record_slow(&self, waited: Duration) {
+        let mut s = self.state();
+        let waited = waited.as_secs_f64();
+        s.srtt = Some(s.srtt.map_or(waited, |srtt| srtt.max(waited)));
+    }
+
     /// A transport failure; after `max_failures` in a row the upstream is marked down.
     pub(crate) fn record_failure(&self, max_failures: u32) -> Transition {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
@@ -128,11 +138,12 @@ impl Health {
     }
 
     /// How long an attempt waits before it counts as timed out: SRTT + 4·RTTVAR (RFC 6298
-    /// §2.3), clamped to `floor..=cap`; `cap` before the first answer.
+    /// §2.3), clamped to `floor..=cap`; before the first answer, 400 ms (Unbound starts at
+    /// 376 ms) within the same bounds.
     pub(crate) fn attempt_timeout(&self, floor: Duration, cap: Duration) -> Duration {
         let s = self.state();
         match s.srtt {
-            None => cap,
+            None => INITIAL_ATTEMPT_TIMEOUT.clamp(floor, cap),
             Some(srtt) => Duration::from_secs_f64(srtt + 4.0 * s.rttvar).clamp(floor, cap),
         }
     }
@@ -173,7 +184,15 @@ mod tests {
         let h = Health::default();
         let now = Instant::now();
         let (floor, cap) = (Duration::from_millis(50), Duration::from_secs(1));
-        assert_eq!(h.attempt_timeout(floor, cap), cap, "no sample yet: the cap");
+        assert_eq!(
+            h.attempt_timeout(floor, cap),
+            INITIAL_ATTEMPT_TIMEOUT,
+            "no sample yet"
+        );
+        assert_eq!(
+            h.attempt_timeout(floor, Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
         h.record_answer(Duration::from_millis(100), now);
         // srtt 100 ms, rttvar 50 ms -> 300 ms
         assert_eq!(h.attempt_timeout(floor, cap), Duration::from_millis(300));

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::answer::Answer;
@@ -219,8 +219,11 @@ impl Pool {
                 candidates[self.round_robin.fetch_add(1, Ordering::Relaxed) % n]
             }
             Selection::LowestRtt => {
-                let a = candidates[rand::random_range(0..n)];
-                let b = candidates[rand::random_range(0..n)];
+                // Two distinct candidates (when there are two), so the slower of a pair is
+                // never chosen against itself.
+                let first = rand::random_range(0..n);
+                let second = (first + rand::random_range(1..n.max(2))) % n;
+                let (a, b) = (candidates[first], candidates[second]);
                 // An upstream with no RTT yet counts as fastest, so that it gets explored.
                 let rtt = |i: usize| ups[i].health.srtt().unwrap_or_default();
                 if rtt(b) < rtt(a) { b } else { a }
@@ -238,7 +241,9 @@ impl Pool {
         // Upstreams that answered with a failure code: asking them again gives the same.
         let mut gave_up = vec![false; n];
         let mut tried = vec![false; n];
-        let mut attempts = JoinSet::new();
+        // Attempts report here; `outstanding` counts those that have not yet.
+        let (results, mut attempts) = mpsc::unbounded_channel();
+        let mut outstanding = 0usize;
         let mut launched = 0usize;
         let mut next_launch = Instant::now();
         let mut timeout_at = next_launch;
@@ -247,12 +252,12 @@ impl Pool {
         loop {
             let now = Instant::now();
             let may_launch = launched < config.max_attempts;
-            if may_launch && (attempts.is_empty() || now >= next_launch) {
+            if may_launch && (outstanding == 0 || now >= next_launch) {
                 // Before the running attempt's timeout, a new one is a hedge: it needs another
                 // upstream and budget.
-                let hedge = !attempts.is_empty() && now < timeout_at;
+                let hedge = outstanding > 0 && now < timeout_at;
                 let Some(i) = self.pick(&ups, &gave_up, &tried, hedge) else {
-                    if attempts.is_empty() {
+                    if outstanding == 0 {
                         break;
                     }
                     next_launch = if hedge { timeout_at } else { deadline };
@@ -272,17 +277,27 @@ impl Pool {
                     .filter(|_| self.hedges.per_query > 0);
                 timeout_at = now + limit;
                 next_launch = hedge.map_or(timeout_at, |h| (now + h).min(timeout_at));
-                attempts.spawn(attempt(upstream, Arc::clone(key), i, limit, config.clone()));
+                let report = results.clone();
+                tokio::spawn(attempt(
+                    upstream,
+                    Arc::clone(key),
+                    i,
+                    limit,
+                    config.clone(),
+                    report,
+                ));
+                outstanding += 1;
                 tried[i] = true;
                 launched += 1;
                 continue;
             }
-            if attempts.is_empty() {
+            if outstanding == 0 {
                 break;
             }
             tokio::select! {
-                done = attempts.join_next() => {
-                    let Some(Ok((i, result))) = done else { continue };
+                done = attempts.recv() => {
+                    let Some((i, result)) = done else { break };
+                    outstanding -= 1;
                     match result {
                         Ok(answer) if answer.is_answer() => return Ok(answer),
                         Ok(answer) => {
@@ -316,15 +331,24 @@ impl Pool {
     }
 }
 
-/// One attempt at one upstream, with its accounting: RTT on an answer, a failure on a
-/// transport error or when `limit` passes, and a stop when the upstream is re-driven.
+/// One attempt at one upstream, reporting to `report`, with its accounting: RTT on an
+/// answer; a raised SRTT when `slow_after` (the adaptive timeout) passes; a failure on a
+/// transport error or when the attempt timeout's ceiling passes unanswered; a stop when the
+/// upstream is re-driven.
+///
+/// The adaptive timeout only decides when the pool asks elsewhere too; counting a failure
+/// takes the ceiling, so that an upstream slowed by load (answers late, but answers) is not
+/// marked down, and with it every upstream at once. For the same reason an attempt outlives
+/// its query, up to the ceiling: a blackholed upstream is then seen failing even when the
+/// others answer every query first, and a late answer is seen too.
 async fn attempt(
     upstream: Arc<Upstream>,
     key: Arc<[u8]>,
     index: usize,
-    limit: Duration,
+    slow_after: Duration,
     config: PoolConfig,
-) -> (usize, Result<Answer, UpstreamError>) {
+    report: mpsc::UnboundedSender<(usize, Result<Answer, UpstreamError>)>,
+) {
     let health = &upstream.health;
     health.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let mut deaths = health.deaths();
@@ -332,10 +356,12 @@ async fn attempt(
     let started = Instant::now();
     let exchange = exchange(&upstream, Key(&key));
     tokio::pin!(exchange);
-    let timer = sleep(limit);
-    tokio::pin!(timer);
-    let mut timed_out = false;
-    loop {
+    let ceiling = sleep(config.attempt_timeout);
+    tokio::pin!(ceiling);
+    let slow = sleep(slow_after);
+    tokio::pin!(slow);
+    let (mut timed_out, mut slowed) = (false, false);
+    let result = loop {
         tokio::select! {
             result = &mut exchange => {
                 match &result {
@@ -352,25 +378,34 @@ async fn attempt(
                     }
                     Err(_) => {}
                 }
-                return (index, result);
+                break result;
             }
-            () = &mut timer, if !timed_out => {
+            () = &mut slow, if !slowed => {
+                slowed = true;
+                health.record_slow(slow_after);
+            }
+            () = &mut ceiling, if !timed_out => {
                 timed_out = true;
                 health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
                 failed(&upstream, &config);
+                if report.is_closed() {
+                    return;
+                }
             }
-            Ok(()) = deaths.changed() => {
-                return (index, Err(UpstreamError::Redriven(upstream.addr)));
-            }
+            Ok(()) = deaths.changed() => break Err(UpstreamError::Redriven(upstream.addr)),
+            // The query has ended; wait no longer than the ceiling for the accounting.
+            () = report.closed(), if timed_out => return,
         }
-    }
+    };
+    let _ = report.send((index, result));
 }
 
-/// Records a transport failure; an upstream that goes down is re-driven and probed.
+/// Records a transport failure; an upstream that goes down gets no new queries and is
+/// probed. (Queries already waiting on it keep waiting: a late answer still counts, and
+/// marks it up again.)
 fn failed(upstream: &Arc<Upstream>, config: &PoolConfig) {
     if upstream.health.record_failure(config.max_failures) == Transition::WentDown {
         tracing::warn!(addr = %upstream.addr, "upstream marked down");
-        upstream.health.redrive();
         tokio::spawn(probe(Arc::clone(upstream), config.clone()));
     }
 }
