@@ -72,6 +72,7 @@ mod answer;
 mod cache;
 mod config;
 mod dedup;
+mod discovery;
 mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -627,3 +627,63 @@ fn resolver_is_cheap_to_share_across_threads() {
     assert_send_sync_clone::<Resolver>();
     assert_eq!(size_of::<Resolver>(), size_of::<usize>(), "one Arc");
 }
+
+/// A headless Service names the CoreDNS pods; the resolver follows them directly.
+#[tokio::test]
+async fn upstreams_discovered_by_name_are_followed() {
+    use dnscore::proto::rr::rdata::A;
+    let bootstrap = TestUpstream::start_on([127, 0, 0, 41].into())
+        .await
+        .unwrap();
+    let port = bootstrap.addr().port();
+    let pod = |last: u8| std::net::SocketAddrV4::new([127, 0, 0, last].into(), port);
+    let (b, c) = (
+        TestUpstream::start_at(pod(42)).await.unwrap(),
+        TestUpstream::start_at(pod(43)).await.unwrap(),
+    );
+    for server in [&bootstrap, &b, &c] {
+        server.add_record("pods.test.", RData::A(A::new(127, 0, 0, 42)), 1);
+        server.add_record("pods.test.", RData::A(A::new(127, 0, 0, 43)), 1);
+    }
+    let r = resolver(&[bootstrap.addr()]);
+    let follow = tokio::spawn(r.clone().follow_upstreams(
+        "pods.test.".into(),
+        port,
+        Duration::from_millis(100),
+    ));
+    let wait_for = |want: Vec<SocketAddr>| {
+        let r = r.clone();
+        async move {
+            for _ in 0..100 {
+                let mut got = r.upstream_addrs();
+                got.sort();
+                if got == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("upstreams never became {want:?}: {:?}", r.upstream_addrs());
+        }
+    };
+    wait_for(vec![pod(42).into(), pod(43).into()]).await;
+    for i in 0..20 {
+        let name = format!("n{i}.test.");
+        r.resolve(&query(i, &name, RecordType::A, None))
+            .await
+            .unwrap();
+        assert_eq!(
+            bootstrap.queries(&name, Proto::Udp),
+            0,
+            "the pods are asked directly"
+        );
+    }
+    assert!(b.total_queries() + c.total_queries() >= 20);
+
+    // A pod leaves the Service.
+    for server in [&b, &c] {
+        server.remove_records("pods.test.");
+        server.add_record("pods.test.", RData::A(A::new(127, 0, 0, 43)), 1);
+    }
+    wait_for(vec![pod(43).into()]).await;
+    follow.abort();
+}

@@ -205,6 +205,33 @@ impl TestUpstream {
             ));
         }
         let (udp, listener) = bind_pair(ip)?;
+        Self::serve(udp, listener)
+    }
+
+    /// Like [`TestUpstream::start_on`], on exactly this address and port (UDP and TCP), for
+    /// tests that need several servers on one port (e.g. upstreams discovered by name).
+    ///
+    /// # Errors
+    ///
+    /// As [`TestUpstream::start_on`]; also if the port is taken.
+    ///
+    /// # Panics
+    ///
+    /// If called outside a tokio runtime.
+    pub async fn start_at(addr: std::net::SocketAddrV4) -> io::Result<Self> {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("TestUpstream only binds loopback addresses (127.0.0.0/8), not {addr}"),
+            ));
+        }
+        let udp = std::net::UdpSocket::bind(addr)?;
+        let listener = std::net::TcpListener::bind(addr)?;
+        Self::serve(udp, listener)
+    }
+
+    /// Serves on bound sockets.
+    fn serve(udp: std::net::UdpSocket, listener: std::net::TcpListener) -> io::Result<Self> {
         let addr = udp.local_addr()?;
         // Duplicates of the descriptors, kept so that `stop` can act on the
         // sockets synchronously while the tasks own the tokio wrappers.
