@@ -29,7 +29,7 @@
 //!                                       ▼
 //!                                     dedup (one flight per key)
 //!                                       ▼
-//!                                     upstream pool: pick, retry, one deadline
+//!                                     upstream pool: pick, hedge, retry, re-drive, one deadline
 //!                                       ▼
 //!                                     UDP (fresh connected socket) ─TC─▶ TCP (pooled)
 //!                                       ▼
@@ -41,30 +41,48 @@
 //! - `query`: a client's query, and the cache key (lower-cased question + DO/CD) built once.
 //! - `answer`: a validated upstream answer stored as bytes with its TTL offsets, written
 //!   out per client by copying and patching, never re-parsed on a hit.
-//! - `cache`: quick_cache of answers (sharded, no global lock), and the TTL policy.
-//! - `dedup`: concurrent identical queries share one spawned upstream query.
-//! - `upstream`: the pool (random first pick, retry on failure, one deadline) over the
-//!   UDP transport (one fresh connected socket per attempt) and the TCP transport
-//!   (pooled, pipelined, used after TC=1).
-//! - `resolver`, `config`, `lookup`, `service`: the public API, the builder that wires the
-//!   parts together, lookups by name, and the `tower::Service` impl.
+//! - `cache`: quick_cache of answers (sharded, no global lock), the TTL policy, the stale
+//!   window and the briefly remembered failures.
+//! - `dedup`: concurrent identical queries share one spawned upstream query; bounded.
+//! - `upstream`: the pool (selection, adaptive timeouts, hedging, retry, re-drive, one
+//!   deadline), each upstream's health (`upstream::health`: SRTT, failures, probes), over the
+//!   UDP transport (one fresh connected socket per attempt) and the TCP transport (pooled,
+//!   pipelined, used after TC=1).
+//! - `resolver`, `config`, `lookup`, `service`, `discovery`, `stats`: the public API, the
+//!   builder that wires the parts together, lookups by name, the `tower::Service` impl,
+//!   upstreams followed by name, and the counters.
 //!
 //! # Behaviour worth knowing
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
 //!   answers (NXDOMAIN, NODATA) for min(SOA TTL, SOA MINIMUM) (RFC 2308), and not at all
 //!   without an SOA. Both are clamped by the builder's settings; TTLs over 2^31-1 are capped.
 //!   Served TTLs count down. An entry is never served past its TTL.
-//! - SERVFAIL, REFUSED and other failure codes are not cached: they make the pool try the
-//!   other upstreams, and the client gets SERVFAIL only when all have failed (never
-//!   REFUSED: musl's stub resolver ignores it and waits for its timeout).
+//! - SERVFAIL, REFUSED and other failure codes make the pool try the other upstreams; the
+//!   client gets SERVFAIL only when all have failed (never REFUSED: musl's stub resolver
+//!   ignores it and waits for its timeout), and that failure is remembered for 2 s (RFC 2308
+//!   §7) so that a retry storm does not reach a failing server.
+//! - Upstream failures are invisible while another upstream answers: a closed port or a
+//!   reset fails the attempt at once and re-drives every query waiting on that upstream; a
+//!   slow or silent upstream is hedged around after about its p95 RTT (for at most 5% of
+//!   queries) or its adaptive timeout; three transport failures in a row mark it down until
+//!   a probe (`. IN NS`) is answered. With every upstream down, queries fail at once.
+//! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
+//!   than a day ago is served with TTL 30 and an Extended DNS Error "Stale Answer"; after a
+//!   failed refresh it is served at once for 30 s. Entries asked for in the last tenth of
+//!   their TTL are refreshed in the background, once.
+//! - Bounded: the cache by entries (and so bytes), flights in flight (4096) and callers per
+//!   flight (4096); past those bounds a query gets SERVFAIL at once.
 //! - The upstream leg is UDP first even when the client asked over TCP (CoreDNS's
 //!   `prefer_udp`); TCP is used only to repeat a truncated answer's query.
 //! - OPT is hop-by-hop: upstream we advertise 1232 bytes; a client gets an OPT only if it
 //!   sent one, and a UDP client gets TC=1 when the answer exceeds its buffer.
 //!
 //! # Limitations
-//! - No health tracking, hedging, serve-stale or prefetch yet: each query starts afresh.
 //! - No DNSSEC validation: DO, CD and AD are passed through.
+//! - Every attempt uses a fresh UDP socket (one conntrack entry per upstream query, none per
+//!   cache hit); there is no pooled-socket mode.
+//! - An answer larger than 4 KiB over UDP (an upstream ignoring our 1232-byte EDNS size) is
+//!   asked again over TCP rather than read.
 //! - Names in [`Resolver::lookup`] are fully qualified; no search list is applied.
 #![deny(missing_docs)]
 
