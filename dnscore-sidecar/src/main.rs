@@ -25,6 +25,17 @@ struct Args {
     /// Cached answers at most.
     #[arg(long, env = "DNSCORE_CACHE_CAPACITY", default_value_t = dnscore::DEFAULT_CACHE_CAPACITY)]
     cache_capacity: usize,
+    /// Follow the upstreams this name resolves to (a headless Service selecting the CoreDNS
+    /// pods, e.g. kube-dns-headless.kube-system.svc.cluster.local), asked through the
+    /// --upstream servers, which remain the fallback.
+    #[arg(long, env = "DNSCORE_DISCOVER")]
+    discover: Option<String>,
+    /// Port of the discovered upstreams.
+    #[arg(long, env = "DNSCORE_DISCOVER_PORT", default_value_t = 53)]
+    discover_port: u16,
+    /// Seconds between two resolutions of --discover.
+    #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL", default_value_t = 5)]
+    discover_interval: u64,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +74,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let (udp, tcp) =
             bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         tracing::info!(listen = %args.listen, upstreams = ?upstreams, "serving");
+        if let Some(name) = args.discover {
+            let interval = std::time::Duration::from_secs(args.discover_interval.max(1));
+            tokio::spawn(resolver.clone().follow_upstreams(name, args.discover_port, interval));
+        }
         dnscore_sidecar::serve(udp, tcp, resolver, shutdown_signal()).await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
