@@ -76,7 +76,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(listen = %args.listen, upstreams = ?upstreams, "serving");
         if let Some(name) = args.discover {
             let interval = std::time::Duration::from_secs(args.discover_interval.max(1));
-            tokio::spawn(resolver.clone().follow_upstreams(name, args.discover_port, interval));
+            tokio::spawn(
+                resolver
+                    .clone()
+                    .follow_upstreams(name, args.discover_port, interval),
+            );
         }
         dnscore_sidecar::serve(udp, tcp, resolver, shutdown_signal()).await;
         Ok::<(), Box<dyn std::error::Error>>(())
