@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dnscore::{Resolver, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 
 /// Largest UDP datagram we read (anything larger is not DNS).
@@ -100,20 +100,29 @@ async fn serve_tcp(listener: TcpListener, resolver: Resolver, in_flight: InFligh
                 continue;
             }
         };
+        let _ = stream.set_nodelay(true);
         let (resolver, guard) = (resolver.clone(), in_flight.enter());
         tokio::spawn(async move {
-            serve_connection(stream, resolver).await;
+            serve_stream(stream, resolver).await;
             tracing::trace!(%peer, "TCP connection closed");
             drop((permit, guard));
         });
     }
 }
 
-/// Reads length-prefixed queries until the client closes or idles; answers each as soon as
-/// it is ready.
-async fn serve_connection(stream: TcpStream, resolver: Resolver) {
-    let _ = stream.set_nodelay(true);
-    let (mut read, mut write) = stream.into_split();
+/// Serves one client stream (a TCP connection, after `serve` accepted it): reads queries
+/// framed with a two-byte length (RFC 1035 §4.2.2) until the client closes the stream, idles
+/// for [`TCP_IDLE_TIMEOUT`] or sends a packet that must be dropped, and writes each answer,
+/// framed the same way, as soon as it is ready, in any order (RFC 7766 §6.2.1.1). Returns
+/// after the last answer is written and the write side is shut down.
+///
+/// Generic over the stream so that tests and the fuzz targets can drive it through
+/// [`tokio::io::duplex`]. Must run inside a tokio runtime (misses are spawned).
+pub async fn serve_stream<S>(stream: S, resolver: Resolver)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
