@@ -143,6 +143,11 @@ impl AnswerCache {
         }
     }
 
+    /// Changes the capacity, evicting as needed; the answers that fit are kept.
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        self.entries.set_capacity(capacity.max(1) as u64);
+    }
+
     /// How many answers are cached (expired ones included until they are evicted).
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -267,6 +267,12 @@ impl Resolver {
         Ok(())
     }
 
+    /// Changes how many answers the cache holds (as
+    /// [`ResolverBuilder::cache_capacity`]), keeping the answers that fit.
+    pub fn set_cache_capacity(&self, entries: usize) {
+        self.inner.cache.set_capacity(entries);
+    }
+
     /// A snapshot of the counters and of each upstream's state.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;

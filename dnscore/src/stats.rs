@@ -106,4 +106,9 @@ pub struct UpstreamStats {
     pub redrives: u64,
     /// When it last answered.
     pub last_success: Option<Instant>,
+    /// Answer RTTs: (upper bound in seconds, answers in that bucket, not cumulative); the
+    /// last bound is +Inf.
+    pub rtt_histogram: Vec<(f64, u64)>,
+    /// Sum of the RTTs counted in `rtt_histogram`.
+    pub rtt_sum: Duration,
 }

@@ -34,6 +34,23 @@ struct State {
     last_success: Option<Instant>,
 }
 
+/// Upper bounds of the RTT histogram's buckets, in seconds (the last is +Inf).
+pub(crate) const RTT_BUCKETS: [f64; 13] = [
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    f64::INFINITY,
+];
+
 /// Counters kept for metrics and tests.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -42,6 +59,31 @@ pub(crate) struct Counters {
     pub(crate) timeouts: AtomicU64,
     pub(crate) error_rcodes: AtomicU64,
     pub(crate) redrives: AtomicU64,
+    /// Answers per RTT bucket (not cumulative), and their RTT sum in microseconds.
+    pub(crate) rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],
+    pub(crate) rtt_sum_micros: AtomicU64,
+}
+
+impl Counters {
+    fn observe_rtt(&self, rtt: Duration) {
+        let secs = rtt.as_secs_f64();
+        let bucket = RTT_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(RTT_BUCKETS.len() - 1);
+        self.rtt_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+        self.rtt_sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The histogram as (upper bound in seconds, count in that bucket) pairs.
+    pub(crate) fn rtt_histogram(&self) -> Vec<(f64, u64)> {
+        RTT_BUCKETS
+            .iter()
+            .zip(&self.rtt_buckets)
+            .map(|(&bound, count)| (bound, count.load(Ordering::Relaxed)))
+            .collect()
+    }
 }
 
 /// Health of one upstream.
@@ -82,6 +124,7 @@ impl Health {
     /// An answer arrived after `rtt`: fold it into SRTT/RTTVAR and end any run of failures.
     /// Returns true if this brought the upstream back up.
     pub(crate) fn record_answer(&self, rtt: Duration, now: Instant) -> bool {
+        self.counters.observe_rtt(rtt);
         let r = rtt.as_secs_f64();
         let mut s = self.state();
         match s.srtt {
@@ -205,6 +248,10 @@ mod tests {
             "fast upstream: the floor"
         );
         assert!(h.srtt().unwrap() < Duration::from_millis(1));
+        let histogram = h.counters.rtt_histogram();
+        assert_eq!(histogram.iter().map(|b| b.1).sum::<u64>(), 51);
+        assert_eq!(histogram[0], (0.0005, 50), "200 µs answers");
+        assert_eq!(histogram[7], (0.1, 1), "the 100 ms answer");
     }
 
     #[test]

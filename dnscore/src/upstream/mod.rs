@@ -188,6 +188,8 @@ impl Pool {
                     error_rcodes: c.error_rcodes.load(Ordering::Relaxed),
                     redrives: c.redrives.load(Ordering::Relaxed),
                     last_success: u.health.last_success().map(|t| t.into_std()),
+                    rtt_histogram: c.rtt_histogram(),
+                    rtt_sum: Duration::from_micros(c.rtt_sum_micros.load(Ordering::Relaxed)),
                 }
             })
             .collect()
