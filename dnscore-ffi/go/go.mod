@@ -1,0 +1,3 @@
+module github.com/dnscore/dnscore-ffi/go
+
+go 1.19

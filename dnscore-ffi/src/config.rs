@@ -1,0 +1,110 @@
+//! The resolver's configuration as a plain C struct, and its defaults.
+
+use std::ffi::c_char;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::boundary::try_str;
+use crate::code::{NewError, dnscore_code};
+
+/// Default number of resolver threads (tokio workers). Two, so that one slow callback of
+/// the async API does not hold up every other query.
+pub(crate) const DEFAULT_WORKER_THREADS: u32 = 2;
+
+/// How to build a resolver. Start from [`dnscore_config_default`], then set `upstreams`.
+/// A zero in a numeric field means "the default" named on the field.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct dnscore_config {
+    /// Upstream servers, each an "IP:PORT" string (`"10.100.0.10:53"`, `"[fd00::a]:53"`).
+    /// At least one is required. Read during `dnscore_resolver_new` only.
+    pub upstreams: *const *const c_char,
+    /// Number of strings in `upstreams`.
+    pub upstreams_len: usize,
+    /// How many answers the cache holds; 0: dnscore's default (10,000).
+    pub cache_capacity: usize,
+    /// Deadline for a whole query across retries, in milliseconds; 0: dnscore's default
+    /// (2,000).
+    pub timeout_ms: u32,
+    /// Wait for one attempt before another upstream is asked, in milliseconds; 0: dnscore's
+    /// default (`dnscore_config_default` shows the values of this build).
+    pub attempt_timeout_ms: u32,
+    /// Threads of the resolver's runtime, which run queries and async callbacks; 0: 2.
+    pub worker_threads: u32,
+}
+
+/// The default configuration: no upstream, and every numeric field at its default
+/// (written out, not zero, so a caller can read them).
+#[unsafe(no_mangle)]
+pub extern "C" fn dnscore_config_default() -> dnscore_config {
+    dnscore_config {
+        upstreams: std::ptr::null(),
+        upstreams_len: 0,
+        cache_capacity: dnscore::DEFAULT_CACHE_CAPACITY,
+        timeout_ms: millis(dnscore::DEFAULT_TIMEOUT),
+        attempt_timeout_ms: millis(dnscore::DEFAULT_ATTEMPT_TIMEOUT),
+        worker_threads: DEFAULT_WORKER_THREADS,
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// What a `dnscore_config` says, checked and in Rust types.
+pub(crate) struct Config {
+    pub(crate) builder: dnscore::ResolverBuilder,
+    pub(crate) worker_threads: usize,
+}
+
+impl Config {
+    /// Reads and checks `cfg`.
+    ///
+    /// # Safety
+    /// `cfg.upstreams` is NULL or points to `cfg.upstreams_len` pointers, each NULL or a
+    /// NUL-terminated string.
+    pub(crate) unsafe fn from_c(cfg: &dnscore_config) -> Result<Self, NewError> {
+        let bad = |msg: String| NewError::new(dnscore_code::DNSCORE_ECONFIG, msg);
+        if cfg.upstreams_len == 0 {
+            return Err(bad("no upstream server configured".into()));
+        }
+        if cfg.upstreams.is_null() {
+            return Err(NewError::new(
+                dnscore_code::DNSCORE_ENULL,
+                "upstreams is NULL but upstreams_len is not 0",
+            ));
+        }
+        // SAFETY: non-NULL, and the caller guarantees `upstreams_len` readable pointers.
+        let strings = unsafe { std::slice::from_raw_parts(cfg.upstreams, cfg.upstreams_len) };
+        let mut builder = dnscore::Resolver::builder();
+        for (i, &ptr) in strings.iter().enumerate() {
+            // SAFETY: the caller guarantees each pointer is NULL or a NUL-terminated string.
+            let s = unsafe { try_str(ptr) }.map_err(|code| {
+                NewError::new(code, format!("upstreams[{i}] is NULL or not UTF-8"))
+            })?;
+            let addr: SocketAddr = s.trim().parse().map_err(|_| {
+                bad(format!(
+                    "upstreams[{i}] = {s:?} is not an \"IP:PORT\" address"
+                ))
+            })?;
+            builder = builder.upstream(addr);
+        }
+        if cfg.cache_capacity != 0 {
+            builder = builder.cache_capacity(cfg.cache_capacity);
+        }
+        if cfg.timeout_ms != 0 {
+            builder = builder.timeout(Duration::from_millis(cfg.timeout_ms.into()));
+        }
+        if cfg.attempt_timeout_ms != 0 {
+            builder = builder.attempt_timeout(Duration::from_millis(cfg.attempt_timeout_ms.into()));
+        }
+        let worker_threads = match cfg.worker_threads {
+            0 => DEFAULT_WORKER_THREADS,
+            n => n.min(256),
+        };
+        Ok(Self {
+            builder,
+            worker_threads: worker_threads as usize,
+        })
+    }
+}
