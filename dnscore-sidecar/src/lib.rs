@@ -1,16 +1,26 @@
 //! The dnscore sidecar's server: serves a [`Resolver`] over UDP and TCP on sockets the caller
-//! has bound, until a shutdown future completes. The binary (`main.rs`) only parses flags,
-//! binds and passes a signal.
+//! has bound, until a shutdown future completes. The binary (`main.rs`) only reads its
+//! configuration, binds, and turns signals into the lameduck-then-shutdown sequence.
 //!
-//! Cache hits are answered inline in the receive loop; only misses spawn a task. TCP
+//! Cache hits are answered inline in the receive loop; only misses spawn a task. Several
+//! UDP sockets (`SO_REUSEPORT`, one per worker) spread the load over the cores. TCP
 //! connections are pipelined (RFC 7766 §6.2.1.1): each query is answered as soon as its
 //! answer is ready, in any order.
+//!
+//! Modules: [`access`] (who may ask), [`metrics`] and [`admin`] (`/metrics`, `/health`,
+//! `/ready`), [`config`] (flags, environment, TOML file), [`resolv_conf`] (default upstreams).
 #![deny(missing_docs)]
 
+pub mod access;
+pub mod admin;
+pub mod config;
+pub mod metrics;
 pub mod resolv_conf;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use dnscore::{Resolver, Transport};
@@ -18,59 +28,123 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 
+use access::Access;
+use metrics::{Metrics, Protocol, QueryCounters};
+
 /// Largest UDP datagram we read (anything larger is not DNS).
 const MAX_DATAGRAM: usize = 65_535;
 /// Simultaneous client TCP connections; past it new ones wait in the listen backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
+/// Queries one TCP connection may have waiting for an upstream; past it the connection is
+/// not read until one is answered (back-pressure on a client that pipelines without end).
+pub const MAX_PIPELINED: usize = 128;
 /// A client TCP connection idle this long is closed (RFC 7766 §6.2.3 suggests seconds).
 pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight queries may take to finish after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// The response code sent for ANY queries when they are refused (RFC 1035 NOTIMP).
+const NOTIMP: u16 = 4;
+/// The ANY query type.
+const ANY: u16 = 255;
 
-/// Serves `resolver` on `udp` and `tcp` until `shutdown` completes, then stops reading,
-/// lets the queries in flight finish (up to [`SHUTDOWN_GRACE`]) and returns.
+/// Everything the server needs besides its sockets.
+#[derive(Clone, Debug)]
+pub struct Context {
+    /// The resolver that answers.
+    pub resolver: Resolver,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Who may ask.
+    pub access: Arc<Access>,
+}
+
+impl Context {
+    /// Loopback clients only, fresh metrics.
+    pub fn new(resolver: Resolver) -> Self {
+        Self {
+            resolver,
+            metrics: Arc::default(),
+            access: Arc::default(),
+        }
+    }
+}
+
+/// Serves `resolver` on `udp` and `tcp` to loopback clients until `shutdown` completes,
+/// then stops reading, lets the queries in flight finish (up to [`SHUTDOWN_GRACE`]) and
+/// returns.
 pub async fn serve(
     udp: UdpSocket,
     tcp: TcpListener,
     resolver: Resolver,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(vec![udp], tcp, Context::new(resolver), shutdown).await;
+}
+
+/// Like [`serve`], with one receive loop per UDP socket (bind them with `SO_REUSEPORT`) and
+/// the given context.
+pub async fn serve_with(
+    udp: Vec<UdpSocket>,
+    tcp: TcpListener,
+    ctx: Context,
+    shutdown: impl Future<Output = ()>,
+) {
     let in_flight = InFlight::default();
-    let udp = Arc::new(udp);
-    tokio::select! {
-        () = serve_udp(Arc::clone(&udp), resolver.clone(), in_flight.clone()) => {}
-        () = serve_tcp(tcp, resolver, in_flight.clone()) => {}
-        () = shutdown => tracing::info!("shutting down"),
+    let mut loops = tokio::task::JoinSet::new();
+    for socket in udp {
+        loops.spawn(serve_udp(Arc::new(socket), ctx.clone(), in_flight.clone()));
     }
+    loops.spawn(serve_tcp(tcp, ctx, in_flight.clone()));
+    shutdown.await;
+    tracing::info!("stopped reading; finishing the queries in flight");
+    loops.shutdown().await;
     in_flight.wait(SHUTDOWN_GRACE).await;
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, resolver: Resolver, in_flight: InFlight) {
+async fn serve_udp(socket: Arc<UdpSocket>, ctx: Context, in_flight: InFlight) {
+    let counters = ctx.metrics.worker();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
             Err(err) => {
-                // ECONNREFUSED and the like from an earlier send_to: not fatal.
                 tracing::debug!(%err, "UDP receive error");
+                tokio::task::yield_now().await;
                 continue;
             }
         };
+        if !ctx.access.allows(peer.ip()) {
+            ctx.metrics.refused_clients.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let query = &buf[..len];
-        match resolver.resolve_cached(query, Transport::Udp, &mut out) {
-            Ok(true) => send(&socket, &out, peer).await,
+        if ctx.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
+            if dnscore::message::reply_with_rcode(query, NOTIMP, &mut out) {
+                counters.count(Protocol::Udp, query, &out);
+                send(&socket, &out, peer).await;
+            }
+            continue;
+        }
+        match ctx.resolver.resolve_cached(query, Transport::Udp, &mut out) {
+            Ok(true) => {
+                counters.count(Protocol::Udp, query, &out);
+                send(&socket, &out, peer).await;
+            }
             Ok(false) => {
                 let query = query.to_vec();
-                let (socket, resolver, guard) =
-                    (Arc::clone(&socket), resolver.clone(), in_flight.enter());
+                let (socket, ctx, counters) =
+                    (Arc::clone(&socket), ctx.clone(), Arc::clone(&counters));
+                let guard = in_flight.enter(Some(&ctx.metrics));
                 tokio::spawn(async move {
                     let mut out = Vec::new();
-                    if resolver
+                    if ctx
+                        .resolver
                         .resolve_into(&query, Transport::Udp, &mut out)
                         .await
                         .is_ok()
                     {
+                        counters.count(Protocol::Udp, &query, &out);
                         send(&socket, &out, peer).await;
                     }
                     drop(guard);
@@ -87,8 +161,9 @@ async fn send(socket: &UdpSocket, msg: &[u8], peer: SocketAddr) {
     }
 }
 
-async fn serve_tcp(listener: TcpListener, resolver: Resolver, in_flight: InFlight) {
+async fn serve_tcp(listener: TcpListener, ctx: Context, in_flight: InFlight) {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let counters = ctx.metrics.worker();
     loop {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -100,10 +175,16 @@ async fn serve_tcp(listener: TcpListener, resolver: Resolver, in_flight: InFligh
                 continue;
             }
         };
+        if !ctx.access.allows(peer.ip()) {
+            ctx.metrics.refused_clients.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
-        let (resolver, guard) = (resolver.clone(), in_flight.enter());
+        let (ctx, counters, guard) = (ctx.clone(), Arc::clone(&counters), in_flight.enter(None));
         tokio::spawn(async move {
-            serve_stream(stream, resolver).await;
+            ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
+            serve_stream_with(stream, &ctx, counters).await;
+            ctx.metrics.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             tracing::trace!(%peer, "TCP connection closed");
             drop((permit, guard));
         });
@@ -119,6 +200,15 @@ async fn serve_tcp(listener: TcpListener, resolver: Resolver, in_flight: InFligh
 /// Generic over the stream so that tests and the fuzz targets can drive it through
 /// [`tokio::io::duplex`]. Must run inside a tokio runtime (misses are spawned).
 pub async fn serve_stream<S>(stream: S, resolver: Resolver)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Context::new(resolver);
+    let counters = ctx.metrics.worker();
+    serve_stream_with(stream, &ctx, counters).await;
+}
+
+async fn serve_stream_with<S>(stream: S, ctx: &Context, counters: Arc<QueryCounters>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -138,6 +228,7 @@ where
         }
         let _ = write.shutdown().await;
     });
+    let pipelined = Arc::new(Semaphore::new(MAX_PIPELINED));
     let mut buf = Vec::new();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read.read_u16()).await {
@@ -149,22 +240,39 @@ where
             break;
         }
         let mut out = Vec::new();
-        match resolver.resolve_cached(&buf, Transport::Tcp, &mut out) {
+        if ctx.access.refuses_any() && dnscore::message::question_type(&buf) == Some(ANY) {
+            if !dnscore::message::reply_with_rcode(&buf, NOTIMP, &mut out) {
+                break;
+            }
+            counters.count(Protocol::Tcp, &buf, &out);
+            if tx.send(out).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        match ctx.resolver.resolve_cached(&buf, Transport::Tcp, &mut out) {
             Ok(true) => {
+                counters.count(Protocol::Tcp, &buf, &out);
                 if tx.send(out).await.is_err() {
                     break;
                 }
             }
             Ok(false) => {
-                let (query, resolver, tx) = (buf.clone(), resolver.clone(), tx.clone());
+                let Ok(slot) = Arc::clone(&pipelined).acquire_owned().await else {
+                    break;
+                };
+                let (query, resolver, tx) = (buf.clone(), ctx.resolver.clone(), tx.clone());
+                let counters = Arc::clone(&counters);
                 tokio::spawn(async move {
                     if resolver
                         .resolve_into(&query, Transport::Tcp, &mut out)
                         .await
                         .is_ok()
                     {
+                        counters.count(Protocol::Tcp, &query, &out);
                         let _ = tx.send(out).await;
                     }
+                    drop(slot);
                 });
             }
             Err(_) => break,
@@ -175,13 +283,33 @@ where
     let _ = writer.await;
 }
 
-/// Counts the work in flight so that shutdown can wait for it.
+/// Counts the work in flight so that shutdown can wait for it (and `/metrics` can show it).
 #[derive(Clone, Default)]
 struct InFlight(Arc<()>);
 
+/// One unit of work in flight: a query (counted in the `in_flight` gauge) or a connection.
+struct Entered {
+    _count: Arc<()>,
+    query: Option<Arc<Metrics>>,
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.query {
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl InFlight {
-    fn enter(&self) -> Arc<()> {
-        Arc::clone(&self.0)
+    fn enter(&self, query: Option<&Arc<Metrics>>) -> Entered {
+        if let Some(metrics) = query {
+            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        Entered {
+            _count: Arc::clone(&self.0),
+            query: query.map(Arc::clone),
+        }
     }
 
     async fn wait(self, grace: Duration) {

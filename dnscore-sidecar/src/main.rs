@@ -1,53 +1,45 @@
 //! `dnscore-sidecar`: serves the dnscore resolver on a loopback address inside a pod.
+//!
+//! This file only reads the configuration, binds, and runs the lifecycle: on SIGTERM (or
+//! SIGINT) `/ready` turns 503 at once, answers continue for the lameduck period, then the
+//! listeners close, the queries in flight finish and the process exits 0. SIGHUP re-reads the
+//! configuration file.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use clap::Parser;
+use dnscore_sidecar::access::Access;
+use dnscore_sidecar::admin::{Admin, serve_admin};
+use dnscore_sidecar::config::{Config, ConfigError, Flags, LogFormat, Settings};
+use dnscore_sidecar::metrics::Metrics;
+use dnscore_sidecar::{Context, serve_with};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 
-/// A DNS cache for one pod: answers on a loopback address, forwards misses UDP-first to the
-/// upstreams, retries on another upstream when one fails.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Args {
-    /// Address to serve DNS on, UDP and TCP.
-    #[arg(long, env = "DNSCORE_LISTEN", default_value = "127.0.0.1:53")]
-    listen: SocketAddr,
-    /// Upstream server IP:PORT (repeatable). Default: the nameservers of --resolv-conf.
-    #[arg(long = "upstream", env = "DNSCORE_UPSTREAM", value_delimiter = ',')]
-    upstreams: Vec<SocketAddr>,
-    /// Where to find nameservers when no --upstream is given.
-    #[arg(long, env = "DNSCORE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
-    /// Cached answers at most.
-    #[arg(long, env = "DNSCORE_CACHE_CAPACITY", default_value_t = dnscore::DEFAULT_CACHE_CAPACITY)]
-    cache_capacity: usize,
-    /// Follow the upstreams this name resolves to (a headless Service selecting the CoreDNS
-    /// pods, e.g. kube-dns-headless.kube-system.svc.cluster.local), asked through the
-    /// --upstream servers, which remain the fallback.
-    #[arg(long, env = "DNSCORE_DISCOVER")]
-    discover: Option<String>,
-    /// Port of the discovered upstreams.
-    #[arg(long, env = "DNSCORE_DISCOVER_PORT", default_value_t = 53)]
-    discover_port: u16,
-    /// Seconds between two resolutions of --discover.
-    #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL", default_value_t = 5)]
-    discover_interval: u64,
-}
+type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let args = Args::parse();
-    match run(args) {
+    let flags = Flags::parse();
+    let config = match load(&flags) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("dnscore-sidecar: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if flags.check_config {
+        println!("{config:#?}");
+        return ExitCode::SUCCESS;
+    }
+    let log = init_logging(&config);
+    match run(flags, config, log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err}");
@@ -57,66 +49,147 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let upstreams = if args.upstreams.is_empty() {
-        dnscore_sidecar::resolv_conf::upstreams(&args.resolv_conf, args.listen)?
-    } else {
-        args.upstreams
+/// Flags over environment (both through clap) over the file over the defaults.
+fn load(flags: &Flags) -> Result<Config, ConfigError> {
+    let file = match &flags.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
     };
+    let mut settings = flags.settings.clone().or(file);
+    if settings.log.is_none() {
+        settings.log = std::env::var("RUST_LOG").ok();
+    }
+    settings.resolve()
+}
+
+fn init_logging(config: &Config) -> LogHandle {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        LogFormat::Text => registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+    handle
+}
+
+fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::error::Error>> {
     let resolver = dnscore::Resolver::builder()
-        .upstreams(upstreams.iter().copied())
-        .cache_capacity(args.cache_capacity)
+        .upstreams(config.upstreams.iter().copied())
+        .cache_capacity(config.cache_capacity)
         .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let (udp, tcp) =
-            bind(args.listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        tracing::info!(listen = %args.listen, upstreams = ?upstreams, "serving");
-        if let Some(name) = args.discover {
-            let interval = std::time::Duration::from_secs(args.discover_interval.max(1));
-            tokio::spawn(
-                resolver
-                    .clone()
-                    .follow_upstreams(name, args.discover_port, interval),
-            );
+        let (udp, tcp) = bind(config.listen, config.workers)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        let admin_listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.metrics_listen))?;
+        let metrics = Arc::new(Metrics::default());
+        // Bound beyond loopback, refuse ANY: no amplification for whoever can reach us.
+        let access = Access::new(config.allow.clone(), !config.listen.ip().is_loopback());
+        let ctx = Context {
+            resolver: resolver.clone(),
+            metrics: Arc::clone(&metrics),
+            access: Arc::new(access),
+        };
+        let admin = Admin::new(resolver.clone(), metrics);
+        tokio::spawn(serve_admin(admin_listener, Arc::clone(&admin)));
+        if let Some((name, port, interval)) = config.discover.clone() {
+            tokio::spawn(resolver.clone().follow_upstreams(name, port, interval));
         }
-        dnscore_sidecar::serve(udp, tcp, resolver, shutdown_signal()).await;
+        tracing::info!(
+            listen = %config.listen,
+            metrics = %config.metrics_listen,
+            upstreams = ?config.upstreams,
+            workers = config.workers,
+            "serving"
+        );
+        let lifecycle = lifecycle(&flags, &config, &resolver, &admin, &log);
+        serve_with(udp, tcp, ctx, lifecycle).await;
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Binds UDP and TCP on `addr` (SO_REUSEADDR on TCP, so a restart does not wait out
-/// TIME_WAIT).
-fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
-    let udp = std::net::UdpSocket::bind(addr)?;
-    udp.set_nonblocking(true)?;
+/// Completes when the listeners should close: after SIGTERM or SIGINT and the lameduck
+/// period, during which `/ready` says 503 and answers go on. SIGHUP reloads meanwhile.
+async fn lifecycle(
+    flags: &Flags,
+    config: &Config,
+    resolver: &dnscore::Resolver,
+    admin: &Admin,
+    log: &LogHandle,
+) {
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = hup.recv() => reload(flags, config, resolver, log),
+        }
+    }
+    admin.ready.store(false, Ordering::Release);
+    tracing::info!(lameduck = ?config.lameduck, "shutting down: not ready, still answering");
+    tokio::time::sleep(config.lameduck).await;
+}
+
+/// Re-reads the configuration and applies what can change while serving.
+fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &LogHandle) {
+    let next = match load(flags) {
+        Ok(next) => next,
+        Err(err) => {
+            tracing::error!(%err, "reload failed; configuration unchanged");
+            return;
+        }
+    };
+    if let Err(err) = resolver.set_upstreams(&next.upstreams) {
+        tracing::error!(%err, "reload: upstreams unchanged");
+    }
+    resolver.set_cache_capacity(next.cache_capacity);
+    match EnvFilter::try_new(&next.log) {
+        Ok(filter) => {
+            let _ = log.reload(filter);
+        }
+        Err(err) => tracing::error!(%err, "reload: log filter unchanged"),
+    }
+    if (next.listen, next.metrics_listen, next.workers)
+        != (running.listen, running.metrics_listen, running.workers)
+    {
+        tracing::warn!("reload: listen addresses and workers change only on restart");
+    }
+    tracing::info!(upstreams = ?next.upstreams, cache_capacity = next.cache_capacity, "reloaded");
+}
+
+/// Binds one UDP socket per worker (SO_REUSEPORT: the kernel spreads clients over them) and
+/// one TCP listener (SO_REUSEADDR, so a restart does not wait out TIME_WAIT).
+fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<(Vec<UdpSocket>, TcpListener)> {
+    let mut udp = Vec::with_capacity(workers);
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        udp.push(UdpSocket::from_std(socket.into())?);
+    }
     let tcp = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     tcp.set_reuse_address(true)?;
     tcp.set_nonblocking(true)?;
     tcp.bind(&addr.into())?;
     tcp.listen(1024)?;
-    Ok((
-        UdpSocket::from_std(udp)?,
-        TcpListener::from_std(tcp.into())?,
-    ))
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    Ok((udp, TcpListener::from_std(tcp.into())?))
 }

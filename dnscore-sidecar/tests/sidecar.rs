@@ -208,6 +208,7 @@ async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let listen = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
         .args(["--listen", &listen, "--upstream", &up.addr().to_string()])
+        .args(["--metrics-listen", "127.0.0.1:0", "--lameduck", "0"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

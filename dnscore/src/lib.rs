@@ -96,6 +96,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod lookup;
+pub mod message;
 mod query;
 mod resolver;
 mod service;

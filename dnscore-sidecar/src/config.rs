@@ -1,0 +1,285 @@
+//! The sidecar's configuration: one set of names, given as flags (`--cache-capacity`),
+//! environment variables (`DNSCORE_CACHE_CAPACITY`) or keys of an optional TOML file
+//! (`cache-capacity = 10000`). A flag wins over the environment, which wins over the file,
+//! which wins over the default. SIGHUP re-reads the file (and resolv.conf) and applies what
+//! can change while serving: upstreams, cache capacity, log level.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A DNS cache for one pod: answers on a loopback address, forwards misses UDP-first to the
+/// upstreams, retries on another upstream when one fails. Every option is also an environment
+/// variable (DNSCORE_ and the name in capitals, `-` as `_`) and a key of the --config file.
+#[derive(Debug, Default, Parser)]
+#[command(name = "dnscore-sidecar", version)]
+pub struct Flags {
+    /// Optional TOML file with the same names as these flags (e.g. `upstream = ["10.100.0.10:53"]`).
+    #[arg(long, env = "DNSCORE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the resolved configuration and exit: 0 if it is valid, 2 if not.
+    #[arg(long)]
+    pub check_config: bool,
+    /// The settings given as flags or environment variables.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The settings, each optional so that the sources can be merged.
+#[derive(Clone, Debug, Default, PartialEq, clap::Args, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Address to serve DNS on, UDP and TCP [default: 127.0.0.1:53].
+    #[arg(long, env = "DNSCORE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream server IP:PORT (repeatable, or comma-separated) [default: the nameservers of --resolv-conf].
+    #[arg(long = "upstream", env = "DNSCORE_UPSTREAM", value_delimiter = ',')]
+    #[serde(default)]
+    pub upstream: Vec<SocketAddr>,
+    /// Where to find nameservers when no --upstream is given [default: /etc/resolv.conf].
+    #[arg(long, env = "DNSCORE_RESOLV_CONF")]
+    pub resolv_conf: Option<PathBuf>,
+    /// Follow the upstreams this name resolves to (a headless Service selecting the CoreDNS
+    /// pods), asked through the --upstream servers, which remain the fallback.
+    #[arg(long, env = "DNSCORE_DISCOVER")]
+    pub discover: Option<String>,
+    /// Port of the discovered upstreams [default: 53].
+    #[arg(long, env = "DNSCORE_DISCOVER_PORT")]
+    pub discover_port: Option<u16>,
+    /// Seconds between two resolutions of --discover [default: 5].
+    #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL")]
+    pub discover_interval: Option<u64>,
+    /// Cached answers at most [default: 10000].
+    #[arg(long, env = "DNSCORE_CACHE_CAPACITY")]
+    pub cache_capacity: Option<usize>,
+    /// Address of /metrics, /health and /ready [default: 127.0.0.1:9153].
+    #[arg(long, env = "DNSCORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds to keep answering after SIGTERM while /ready says 503 [default: 5].
+    #[arg(long, env = "DNSCORE_LAMEDUCK")]
+    pub lameduck: Option<f64>,
+    /// Receive loops, one UDP socket each (SO_REUSEPORT) [default: the CPUs the container may use].
+    #[arg(long, env = "DNSCORE_WORKERS")]
+    pub workers: Option<usize>,
+    /// Networks allowed to ask besides loopback (repeatable, CIDR) [default: none].
+    #[arg(long = "allow", env = "DNSCORE_ALLOW", value_delimiter = ',')]
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "DNSCORE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, as RUST_LOG (e.g. "info", "dnscore=debug") [default: info].
+    #[arg(long, env = "DNSCORE_LOG")]
+    pub log: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected keys.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(&'static str),
+    /// The upstreams from resolv.conf cannot be used.
+    #[error(transparent)]
+    ResolvConf(#[from] crate::resolv_conf::ResolvConfError),
+}
+
+/// The configuration with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// See [`Settings::listen`].
+    pub listen: SocketAddr,
+    /// The upstreams, from the settings or resolv.conf.
+    pub upstreams: Vec<SocketAddr>,
+    /// Discovery by name: (name, port, interval).
+    pub discover: Option<(String, u16, Duration)>,
+    /// See [`Settings::cache_capacity`].
+    pub cache_capacity: usize,
+    /// See [`Settings::metrics_listen`].
+    pub metrics_listen: SocketAddr,
+    /// See [`Settings::lameduck`].
+    pub lameduck: Duration,
+    /// See [`Settings::workers`].
+    pub workers: usize,
+    /// See [`Settings::allow`].
+    pub allow: Vec<IpNet>,
+    /// See [`Settings::log_format`].
+    pub log_format: LogFormat,
+    /// See [`Settings::log`].
+    pub log: String,
+}
+
+impl Settings {
+    /// Reads a TOML file of settings.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `self` where set, else `lower`.
+    pub fn or(self, lower: Self) -> Self {
+        fn vec<T>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+            if a.is_empty() { b } else { a }
+        }
+        Self {
+            listen: self.listen.or(lower.listen),
+            upstream: vec(self.upstream, lower.upstream),
+            resolv_conf: self.resolv_conf.or(lower.resolv_conf),
+            discover: self.discover.or(lower.discover),
+            discover_port: self.discover_port.or(lower.discover_port),
+            discover_interval: self.discover_interval.or(lower.discover_interval),
+            cache_capacity: self.cache_capacity.or(lower.cache_capacity),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            lameduck: self.lameduck.or(lower.lameduck),
+            workers: self.workers.or(lower.workers),
+            allow: vec(self.allow, lower.allow),
+            log_format: self.log_format.or(lower.log_format),
+            log: self.log.or(lower.log),
+        }
+    }
+
+    /// Fills in the defaults and checks the values.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let listen = self.listen.unwrap_or_else(|| ([127, 0, 0, 1], 53).into());
+        let upstreams = if self.upstream.is_empty() {
+            let path = self
+                .resolv_conf
+                .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf"));
+            crate::resolv_conf::upstreams(&path, listen)?
+        } else {
+            self.upstream
+        };
+        let lameduck = self.lameduck.unwrap_or(5.0);
+        if !(0.0..=3600.0).contains(&lameduck) {
+            return Err(ConfigError::Invalid(
+                "lameduck must be between 0 and 3600 seconds",
+            ));
+        }
+        let workers = self.workers.unwrap_or_else(available_cpus);
+        if workers == 0 || workers > 256 {
+            return Err(ConfigError::Invalid("workers must be between 1 and 256"));
+        }
+        let cache_capacity = self
+            .cache_capacity
+            .unwrap_or(dnscore::DEFAULT_CACHE_CAPACITY);
+        if cache_capacity == 0 {
+            return Err(ConfigError::Invalid("cache-capacity must be at least 1"));
+        }
+        Ok(Config {
+            listen,
+            upstreams,
+            discover: self.discover.map(|name| {
+                let interval = Duration::from_secs(self.discover_interval.unwrap_or(5).max(1));
+                (name, self.discover_port.unwrap_or(53), interval)
+            }),
+            cache_capacity,
+            metrics_listen: self
+                .metrics_listen
+                .unwrap_or_else(|| ([127, 0, 0, 1], 9153).into()),
+            lameduck: Duration::from_secs_f64(lameduck),
+            workers,
+            allow: self.allow,
+            log_format: self.log_format.unwrap_or_default(),
+            log: self.log.unwrap_or_else(|| "info".to_string()),
+        })
+    }
+}
+
+/// The CPUs this process may use: the cgroup v2 CPU quota (`cpu.max`) when one is set,
+/// else the CPUs it is allowed to run on. A container limited to 500m gets 1.
+pub fn available_cpus() -> usize {
+    let affinity = std::thread::available_parallelism().map_or(1, usize::from);
+    let quota = std::fs::read_to_string("/sys/fs/cgroup/cpu.max")
+        .ok()
+        .and_then(|text| cgroup_cpus(&text));
+    quota.map_or(affinity, |q| q.min(affinity)).max(1)
+}
+
+/// CPUs from a cgroup v2 `cpu.max` line ("max 100000" or "QUOTA PERIOD"), rounded up.
+pub fn cgroup_cpus(cpu_max: &str) -> Option<usize> {
+    let mut words = cpu_max.split_whitespace();
+    let quota: u64 = words.next()?.parse().ok()?;
+    let period: u64 = words.next()?.parse().ok()?;
+    (period > 0).then(|| quota.div_ceil(period).max(1) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let file: Settings = toml::from_str(
+            "upstream = [\"10.0.0.10:53\"]\ncache-capacity = 50\nlameduck = 30\nlog-format = \"json\"\n",
+        )
+        .unwrap();
+        let flags = Settings {
+            cache_capacity: Some(70),
+            ..Settings::default()
+        };
+        let c = flags.or(file).resolve().unwrap();
+        assert_eq!(c.cache_capacity, 70);
+        assert_eq!(c.upstreams, vec!["10.0.0.10:53".parse().unwrap()]);
+        assert_eq!(c.lameduck, Duration::from_secs(30));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.listen, "127.0.0.1:53".parse().unwrap());
+        assert_eq!(c.metrics_listen, "127.0.0.1:9153".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(toml::from_str::<Settings>("cache_size = 5\n").is_err());
+        let bad = Settings {
+            upstream: vec!["10.0.0.10:53".parse().unwrap()],
+            workers: Some(0),
+            ..Settings::default()
+        };
+        assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn cgroup_quota_rounds_up() {
+        assert_eq!(cgroup_cpus("max 100000\n"), None);
+        assert_eq!(cgroup_cpus("50000 100000\n"), Some(1));
+        assert_eq!(cgroup_cpus("150000 100000\n"), Some(2));
+        assert_eq!(cgroup_cpus("400000 100000"), Some(4));
+        assert!(available_cpus() >= 1);
+    }
+}

@@ -1,0 +1,298 @@
+//! The real binary operated as Kubernetes operates it: metrics that move with traffic,
+//! readiness that turns 503 on SIGTERM while answers go on for the lameduck period, SIGHUP
+//! that swaps upstreams under load without a failed query.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use dnscore::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use dnscore::proto::rr::{Name, RecordType};
+use dnscore_testkit::TestUpstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::process::{Child, Command};
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+async fn ask(server: SocketAddr, id: u16, name: &str) -> Option<ResponseCode> {
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sock.send_to(&query(id, name), server).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    let len = tokio::time::timeout(Duration::from_millis(2500), sock.recv(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Message::from_vec(&buf[..len])
+        .ok()
+        .map(|m| m.metadata.response_code)
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((status, body))
+}
+
+struct Sidecar {
+    child: Child,
+    dns: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Sidecar {
+    async fn start(args: &[&str]) -> Self {
+        let (dns_port, admin_port) = (free_port(), free_port());
+        let dns: SocketAddr = ([127, 0, 0, 1], dns_port).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+            .arg("--listen")
+            .arg(dns.to_string())
+            .arg("--metrics-listen")
+            .arg(admin.to_string())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let sidecar = Self { child, dns, admin };
+        for _ in 0..100 {
+            if http_get(admin, "/health").await.is_some() {
+                return sidecar;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the sidecar did not come up");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+fn metric(text: &str, line_start: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let up = TestUpstream::start().await.unwrap();
+    let s = Sidecar::start(&["--upstream", &up.addr().to_string(), "--workers", "2"]).await;
+    let (status, ready) = http_get(s.admin, "/ready").await.unwrap();
+    assert_eq!((status, ready.as_str()), (200, "ready\n"));
+    for i in 0..20 {
+        assert_eq!(ask(s.dns, i, "a.test.").await, Some(ResponseCode::NoError));
+    }
+    assert_eq!(
+        ask(s.dns, 99, "nope.test.").await,
+        Some(ResponseCode::NXDomain)
+    );
+    let (status, text) = http_get(s.admin, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let a = metric(
+        &text,
+        r#"dnscore_queries_total{proto="udp",type="A",rcode="NOERROR"}"#,
+    );
+    assert_eq!(a, 20.0, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            r#"dnscore_queries_total{proto="udp",type="A",rcode="NXDOMAIN"}"#
+        ),
+        1.0
+    );
+    assert_eq!(metric(&text, "dnscore_cache_hits_total"), 19.0);
+    assert_eq!(metric(&text, "dnscore_cache_misses_total"), 2.0);
+    let upstream = up.addr().to_string();
+    assert_eq!(
+        metric(
+            &text,
+            &format!("dnscore_upstream_healthy{{upstream=\"{upstream}\"}}")
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("dnscore_upstream_rtt_seconds_count{{upstream=\"{upstream}\"}}")
+        ),
+        2.0
+    );
+    assert_eq!(http_get(s.admin, "/nope").await.unwrap().0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_ready_off_and_answers_through_the_lameduck() {
+    let up = TestUpstream::start().await.unwrap();
+    let mut s = Sidecar::start(&["--upstream", &up.addr().to_string(), "--lameduck", "1.5"]).await;
+    assert_eq!(http_get(s.admin, "/ready").await.unwrap().0, 200);
+    let term = Instant::now();
+    s.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        http_get(s.admin, "/ready").await.unwrap().0,
+        503,
+        "not ready at once"
+    );
+    assert_eq!(
+        http_get(s.admin, "/health").await.unwrap().0,
+        200,
+        "still alive"
+    );
+    let mut answered = 0;
+    while term.elapsed() < Duration::from_millis(1200) {
+        let name = format!("n{answered}.test.");
+        assert_eq!(
+            ask(s.dns, 1, &name).await,
+            Some(ResponseCode::NXDomain),
+            "answers go on"
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), s.child.wait())
+        .await
+        .expect("exits after the lameduck")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        term.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        term.elapsed()
+    );
+    assert!(answered >= 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_upstreams_under_load_without_a_failed_query() {
+    let old = TestUpstream::start().await.unwrap();
+    let new = TestUpstream::start_on([127, 0, 0, 5].into()).await.unwrap();
+    let dir: PathBuf = std::env::temp_dir().join(format!("dnscore-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dnscore.toml");
+    std::fs::write(&file, format!("upstream = [\"{}\"]\n", old.addr())).unwrap();
+    let s = Sidecar::start(&["--config", file.to_str().unwrap()]).await;
+
+    let dns = s.dns;
+    let load = tokio::spawn(async move {
+        let mut failures = 0;
+        for i in 0..300u16 {
+            let name = format!("hup-{i}.test.");
+            if ask(dns, i, &name).await != Some(ResponseCode::NXDomain) {
+                failures += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        failures
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    std::fs::write(
+        &file,
+        format!("upstream = [\"{}\"]\ncache-capacity = 500\n", new.addr()),
+    )
+    .unwrap();
+    s.signal("HUP");
+    let failures = load.await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(failures, 0);
+    assert!(
+        old.total_queries() > 0 && new.total_queries() > 0,
+        "both served a part"
+    );
+    let before = old.total_queries();
+    assert_eq!(
+        ask(s.dns, 1, "after.test.").await,
+        Some(ResponseCode::NXDomain)
+    );
+    assert_eq!(
+        old.total_queries(),
+        before,
+        "the old upstream is no longer asked"
+    );
+    // The cache survived the reload.
+    assert_eq!(
+        ask(s.dns, 2, "hup-0.test.").await,
+        Some(ResponseCode::NXDomain)
+    );
+    assert_eq!(old.queries("hup-0.test.", dnscore_testkit::Proto::Udp), 1);
+    assert_eq!(new.queries("hup-0.test.", dnscore_testkit::Proto::Udp), 0);
+}
+
+#[tokio::test]
+async fn check_config_reports_and_rejects() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["--upstream", "10.100.0.10:53", "--check-config"])
+        .output()
+        .await
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("10.100.0.10:53"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args([
+            "--upstream",
+            "10.100.0.10:53",
+            "--workers",
+            "0",
+            "--check-config",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("workers"));
+    let help = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .arg("--help")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--lameduck",
+        "--metrics-listen",
+        "--allow",
+        "--log-format",
+        "DNSCORE_LISTEN",
+        "default: 5",
+    ] {
+        assert!(help.contains(option), "--help documents {option}");
+    }
+}
