@@ -687,3 +687,57 @@ async fn upstreams_discovered_by_name_are_followed() {
     wait_for(vec![pod(43).into()]).await;
     follow.abort();
 }
+
+/// An entry asked for in the last tenth of its TTL is refreshed in the background, once, so
+/// that a popular name never misses.
+#[tokio::test]
+async fn popular_entries_are_prefetched_before_they_expire() {
+    use dnscore::proto::rr::rdata::A;
+    let up = TestUpstream::start().await.unwrap();
+    up.add_record("pf.test.", RData::A(A::new(192, 0, 2, 77)), 10);
+    let r = resolver(&[up.addr()]);
+    r.resolve(&query(1, "pf.test.", RecordType::A, None))
+        .await
+        .unwrap();
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(9_500)).await;
+    let hit = parse(
+        &r.resolve(&query(2, "pf.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        hit.answers[0].ttl, 1,
+        "still the old entry, in its last second"
+    );
+    tokio::time::resume();
+    for _ in 0..100 {
+        if up.queries("pf.test.", Proto::Udp) == 2 && r.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        up.queries("pf.test.", Proto::Udp),
+        2,
+        "refreshed in the background"
+    );
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    let later = parse(
+        &r.resolve(&query(3, "pf.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
+    assert!(
+        later.answers[0].ttl >= 8,
+        "the refreshed entry: {}",
+        later.answers[0].ttl
+    );
+    assert_eq!(
+        up.queries("pf.test.", Proto::Udp),
+        2,
+        "no miss past the old TTL"
+    );
+    assert_eq!(r.stats().prefetches, 1);
+}
