@@ -20,7 +20,7 @@ pub mod resolv_conf;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dnscore::{Resolver, Transport};
@@ -90,27 +90,68 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()>,
 ) {
     let in_flight = InFlight::default();
-    let mut loops = tokio::task::JoinSet::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut receivers = Vec::new();
     for socket in udp {
-        loops.spawn(serve_udp(Arc::new(socket), ctx.clone(), in_flight.clone()));
+        match udp_receiver(socket, &ctx, &in_flight, &stop) {
+            Ok(thread) => receivers.push(thread),
+            Err(err) => tracing::error!(%err, "cannot start a UDP receive thread"),
+        }
     }
-    loops.spawn(serve_tcp(tcp, ctx, in_flight.clone()));
+    let tcp = tokio::spawn(serve_tcp(tcp, ctx, in_flight.clone()));
     shutdown.await;
     tracing::info!("stopped reading; finishing the queries in flight");
-    loops.shutdown().await;
+    stop.store(true, Ordering::Release);
+    tcp.abort();
+    while receivers.iter().any(|t| !t.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     in_flight.wait(SHUTDOWN_GRACE).await;
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, ctx: Context, in_flight: InFlight) {
+/// How often a blocked UDP receive thread looks at the stop flag.
+const RECEIVE_POLL: Duration = Duration::from_millis(100);
+
+/// Starts the receive thread of one UDP socket: a plain thread doing blocking `recvfrom`
+/// and `sendto`, which answers cache hits without going through the async reactor (the
+/// syscalls are the cost of a hit; a wake-up per packet would add to it). Misses are
+/// spawned on the runtime.
+fn udp_receiver(
+    socket: UdpSocket,
+    ctx: &Context,
+    in_flight: &InFlight,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let socket = socket.into_std()?;
+    socket.set_nonblocking(false)?;
+    socket.set_read_timeout(Some(RECEIVE_POLL))?;
+    let runtime = tokio::runtime::Handle::current();
+    let (ctx, in_flight, stop) = (ctx.clone(), in_flight.clone(), Arc::clone(stop));
+    std::thread::Builder::new()
+        .name("dnscore-udp".into())
+        .spawn(move || serve_udp(Arc::new(socket), ctx, in_flight, runtime, stop))
+}
+
+fn serve_udp(
+    socket: Arc<std::net::UdpSocket>,
+    ctx: Context,
+    in_flight: InFlight,
+    runtime: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) {
     let counters = ctx.metrics.worker();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
-    loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
+    while !stop.load(Ordering::Acquire) {
+        let (len, peer) = match socket.recv_from(&mut buf) {
             Ok(received) => received,
             Err(err) => {
-                tracing::debug!(%err, "UDP receive error");
-                tokio::task::yield_now().await;
+                if !matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    tracing::debug!(%err, "UDP receive error");
+                }
                 continue;
             }
         };
@@ -122,21 +163,21 @@ async fn serve_udp(socket: Arc<UdpSocket>, ctx: Context, in_flight: InFlight) {
         if ctx.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
             if dnscore::message::reply_with_rcode(query, NOTIMP, &mut out) {
                 counters.count(Protocol::Udp, query, &out);
-                send(&socket, &out, peer).await;
+                send(&socket, &out, peer);
             }
             continue;
         }
         match ctx.resolver.resolve_cached(query, Transport::Udp, &mut out) {
             Ok(true) => {
                 counters.count(Protocol::Udp, query, &out);
-                send(&socket, &out, peer).await;
+                send(&socket, &out, peer);
             }
             Ok(false) => {
                 let query = query.to_vec();
                 let (socket, ctx, counters) =
                     (Arc::clone(&socket), ctx.clone(), Arc::clone(&counters));
                 let guard = in_flight.enter(Some(&ctx.metrics));
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     let mut out = Vec::new();
                     if ctx
                         .resolver
@@ -145,7 +186,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, ctx: Context, in_flight: InFlight) {
                         .is_ok()
                     {
                         counters.count(Protocol::Udp, &query, &out);
-                        send(&socket, &out, peer).await;
+                        // A UDP send does not wait for the peer: blocking here is brief.
+                        send(&socket, &out, peer);
                     }
                     drop(guard);
                 });
@@ -155,8 +197,8 @@ async fn serve_udp(socket: Arc<UdpSocket>, ctx: Context, in_flight: InFlight) {
     }
 }
 
-async fn send(socket: &UdpSocket, msg: &[u8], peer: SocketAddr) {
-    if let Err(err) = socket.send_to(msg, peer).await {
+fn send(socket: &std::net::UdpSocket, msg: &[u8], peer: SocketAddr) {
+    if let Err(err) = socket.send_to(msg, peer) {
         tracing::debug!(%err, %peer, "UDP send failed");
     }
 }
