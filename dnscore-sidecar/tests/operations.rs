@@ -296,3 +296,109 @@ async fn check_config_reports_and_rejects() {
         assert!(help.contains(option), "--help documents {option}");
     }
 }
+
+/// Bound beyond loopback, the sidecar answers only the networks it was told to (`--allow`)
+/// and refuses ANY. Runs in a network namespace the test creates (root only), with test
+/// addresses that exist only inside it.
+#[test]
+fn beyond_loopback_only_allowed_clients_are_answered_and_any_is_refused() {
+    use std::process::Command as Std;
+    let root = Std::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let tools =
+        Std::new("ip").arg("-V").output().is_ok() && Std::new("dig").arg("-v").output().is_ok();
+    if !root || !tools {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root with ip and dig"
+        );
+        eprintln!("skipped: needs root, iproute2 and dig (network namespace)");
+        return;
+    }
+    let ns = format!("dnsc-test-{}", std::process::id());
+    let run = |args: &[&str]| Std::new("ip").args(args).status().unwrap().success();
+    assert!(run(&["netns", "add", &ns]));
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(ns.clone());
+    assert!(run(&["-n", &ns, "link", "set", "lo", "up"]));
+    assert!(run(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "198.18.0.1/32",
+        "dev",
+        "lo"
+    ]));
+    assert!(run(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "198.18.1.1/32",
+        "dev",
+        "lo"
+    ]));
+    let mut server = Std::new("ip")
+        .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_dnscore-sidecar")])
+        .args([
+            "--listen",
+            "0.0.0.0:53",
+            "--upstream",
+            "127.0.0.1:9",
+            "--allow",
+            "198.18.0.0/24",
+        ])
+        .args(["--metrics-listen", "127.0.0.1:9153", "--lameduck", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dig = |source: &str, args: &[&str]| {
+        let out = Std::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns,
+                "dig",
+                "+time=1",
+                "+tries=1",
+                "-b",
+                source,
+                "@198.18.0.1",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut allowed = String::new();
+    for _ in 0..50 {
+        allowed = dig("198.18.0.1", &["ANY", "a.test"]);
+        if allowed.contains("status:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let denied = dig("198.18.1.1", &["ANY", "a.test"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        allowed.contains("status: NOTIMP"),
+        "allowed client, ANY refused: {allowed}"
+    );
+    assert!(
+        !denied.contains("status:"),
+        "a client outside --allow gets nothing: {denied}"
+    );
+}
