@@ -259,3 +259,60 @@ fn the_binary_refuses_to_forward_to_itself() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loop") && err.contains("--upstream"), "{err}");
 }
+
+/// At most MAX_TCP_CONNECTIONS clients are served at once; the next waits until one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connection_limit_holds() {
+    let up = TestUpstream::start().await.unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let resolver = Resolver::builder().upstream(up.addr()).build().unwrap();
+    let ctx = dnscore_sidecar::Context::new(resolver);
+    let metrics = std::sync::Arc::clone(&ctx.metrics);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(dnscore_sidecar::serve_with(vec![udp], tcp, ctx, async {
+        let _ = stopped.await;
+    }));
+    let mut held = Vec::new();
+    for _ in 0..dnscore_sidecar::MAX_TCP_CONNECTIONS {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let q = query(7, "a.test.", RecordType::A, false);
+    let mut frame = (q.len() as u16).to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    // Wait until the server has taken all the allowed connections.
+    for _ in 0..100 {
+        if metrics
+            .tcp_connections
+            .load(std::sync::atomic::Ordering::Relaxed) as usize
+            == dnscore_sidecar::MAX_TCP_CONNECTIONS
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    extra.write_all(&frame).await.unwrap();
+    let mut len = [0u8; 2];
+    let early = tokio::time::timeout(Duration::from_millis(300), extra.read_exact(&mut len)).await;
+    assert!(
+        early.is_err(),
+        "one connection over the limit is not served"
+    );
+    assert_eq!(
+        metrics
+            .tcp_connections
+            .load(std::sync::atomic::Ordering::Relaxed) as usize,
+        dnscore_sidecar::MAX_TCP_CONNECTIONS
+    );
+    held.pop();
+    let late = tokio::time::timeout(Duration::from_secs(5), read_frame(&mut extra)).await;
+    assert_eq!(late.expect("served once a slot frees").metadata.id, 7);
+    drop((held, extra));
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), server)
+        .await
+        .unwrap()
+        .unwrap();
+}
