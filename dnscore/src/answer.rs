@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::query::Query;
 use crate::wire::{
-    HEADER_LEN, Header, MAX_TTL, Malformed, flag, rcode, read_record, rtype, set_u16,
-    soa_negative_ttl, write_opt, write_opt_stale,
+    HEADER_LEN, Header, MAX_TTL, Malformed, check_rdata_names, flag, rcode, read_record, rtype,
+    set_u16, soa_negative_ttl, write_opt, write_opt_stale,
 };
 
 /// The TTL of a stale answer (RFC 8767 §4 recommends 30 s).
@@ -102,6 +102,7 @@ impl Answer {
         'sections: for (section, &count) in sections.iter().enumerate() {
             for _ in 0..count {
                 let rr = read_record(resp, pos)?;
+                check_rdata_names(resp, &rr)?;
                 pos = rr.end;
                 if rr.rtype == rtype::OPT {
                     if section != 2 {

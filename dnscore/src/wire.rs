@@ -126,7 +126,8 @@ impl Header {
 
 /// Walks a possibly compressed name that starts at `pos` and returns the position just
 /// after it in the message. Compression pointers must point strictly backwards (RFC 1035
-/// §4.1.4: "a prior occurrence"), which also bounds the walk; the expanded name may not
+/// §4.1.4: "a prior occurrence"), which also bounds the walk, and never into the header
+/// (no name lives there, and answers get a header of our own); the expanded name may not
 /// exceed 255 octets.
 pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> {
     let mut end = None;
@@ -151,7 +152,7 @@ pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> 
                 if end.is_none() {
                     end = Some(pos + 2);
                 }
-                if target >= limit {
+                if target >= limit || target < HEADER_LEN {
                     return Err(Malformed);
                 }
                 limit = target;
@@ -200,6 +201,41 @@ pub(crate) fn read_record(msg: &[u8], pos: usize) -> Result<Record, Malformed> {
         rdata,
         end,
     })
+}
+
+/// Checks the names inside the RDATA of the types whose names may be compressed (RFC 3597
+/// §4, and the later types that old servers compress anyway): each must be well formed, and
+/// the names and fixed fields must fill the RDATA exactly. Answers are copied to clients
+/// verbatim, so a pointer in them must not lead anywhere but to an earlier name.
+pub(crate) fn check_rdata_names(msg: &[u8], rr: &Record) -> Result<(), Malformed> {
+    // (fixed bytes before the names, names, fixed bytes after them)
+    let (prefix, names, suffix) = match rr.rtype {
+        // NS, MD, MF, CNAME, MB, MG, MR, PTR, DNAME
+        2 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 39 => (0, 1, 0),
+        // SOA: two names, then serial, refresh, retry, expire, minimum
+        6 => (0, 2, 20),
+        // MINFO, RP
+        14 | 17 => (0, 2, 0),
+        // MX, AFSDB, RT, KX: preference, name
+        15 | 18 | 21 | 36 => (2, 1, 0),
+        // PX: preference, two names
+        26 => (2, 2, 0),
+        // SRV: priority, weight, port, target
+        33 => (6, 1, 0),
+        _ => return Ok(()),
+    };
+    let mut pos = rr.rdata + prefix;
+    for _ in 0..names {
+        if pos >= rr.end {
+            return Err(Malformed);
+        }
+        pos = skip_name(msg, pos)?;
+    }
+    if pos + suffix == rr.end {
+        Ok(())
+    } else {
+        Err(Malformed)
+    }
 }
 
 /// The negative-caching TTL of an SOA record: min(SOA TTL, SOA MINIMUM) (RFC 2308 §5).
@@ -309,6 +345,10 @@ mod tests {
         msg.extend_from_slice(&[1, b'b', 0xc0, 12]); // 15..19: "b.a."
         assert_eq!(skip_name(&msg, 12), Ok(15));
         assert_eq!(skip_name(&msg, 15), Ok(19));
+        // a pointer into the header: rejected
+        let mut header = vec![0u8; 12];
+        header.extend_from_slice(&[1, b'a', 0xc0, 3]);
+        assert_eq!(skip_name(&header, 12), Err(Malformed));
         // a pointer to itself loops: rejected
         let mut looped = vec![0u8; 12];
         looped.extend_from_slice(&[0xc0, 12]);

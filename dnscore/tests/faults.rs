@@ -5,6 +5,10 @@
 //!
 //! The load is bounded in count and time. `DNSCORE_SOAK=1` stretches every phase tenfold.
 
+// Each test holds a std mutex for its whole run, across awaits, on purpose: every test has a
+// runtime of its own, and the lock only keeps two load tests from running at once.
+#![allow(clippy::await_holding_lock)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -77,6 +81,13 @@ impl Phase {
 
 static NEXT_NAME: AtomicU64 = AtomicU64::new(0);
 
+/// The load tests run one at a time, so that their figures are their own and two of them
+/// do not share two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOAD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sends `rate` queries per second for `duration`, each for a name never asked before
 /// (every one reaches an upstream), and waits for all answers.
 async fn load(r: &Resolver, rate: u32, duration: Duration) -> Phase {
@@ -140,6 +151,7 @@ const RATE: u32 = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_one_of_three_mid_load() {
+    let _serial = serial();
     let pods = three_pods().await;
     let r = resolver(&addrs(&pods));
     let phase = Duration::from_secs(1) * scale();
@@ -176,6 +188,7 @@ async fn kill_one_of_three_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blackhole_one_of_three_mid_load() {
+    let _serial = serial();
     let pods = three_pods().await;
     let r = resolver(&addrs(&pods));
     let phase = Duration::from_secs(1) * scale();
@@ -209,6 +222,7 @@ async fn blackhole_one_of_three_mid_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_flapping_upstreams_cost_no_answers() {
+    let _serial = serial();
     let pods = three_pods().await;
     let r = resolver(&addrs(&pods));
     pods[0].set_default_behavior(Behavior::Delay(Duration::from_millis(300)));
@@ -246,6 +260,7 @@ async fn slow_and_flapping_upstreams_cost_no_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servfail_storm_is_absorbed_by_the_other_pods() {
+    let _serial = serial();
     let pods = three_pods().await;
     let r = resolver(&addrs(&pods));
     pods[0].set_default_behavior(Behavior::ServFail);
@@ -266,6 +281,7 @@ async fn servfail_storm_is_absorbed_by_the_other_pods() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_down_with_a_warm_cache_serves_stale_then_servfail() {
+    let _serial = serial();
     let pods = three_pods().await;
     let r = Resolver::builder()
         .upstreams(addrs(&pods))
@@ -323,6 +339,7 @@ async fn all_down_with_a_warm_cache_serves_stale_then_servfail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thundering_herd_sends_one_upstream_query() {
+    let _serial = serial();
     let pods = three_pods().await;
     for p in &pods {
         p.set_default_behavior(Behavior::Delay(Duration::from_millis(200)));
@@ -353,6 +370,7 @@ async fn thundering_herd_sends_one_upstream_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoof_flood_is_never_accepted() {
+    let _serial = serial();
     let pods = three_pods().await;
     for p in &pods {
         p.set_default_behavior(Behavior::ForgeFirst);
@@ -387,6 +405,7 @@ async fn spoof_flood_is_never_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_frozen_or_closed_with_queries_outstanding() {
+    let _serial = serial();
     let pods = three_pods().await;
     // Every answer is truncated over UDP, so every query rides TCP.
     for p in &pods {

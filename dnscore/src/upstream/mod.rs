@@ -253,6 +253,14 @@ impl Pool {
 
         loop {
             let now = Instant::now();
+            if now >= deadline {
+                // Checked here too, not only in the select below: every path of this loop
+                // must end or wait, whatever the clock says.
+                last_error = Some(UpstreamError::Timeout(
+                    ups[tried.iter().rposition(|&t| t).unwrap_or(0)].addr,
+                ));
+                break;
+            }
             let may_launch = launched < config.max_attempts;
             if may_launch && (outstanding == 0 || now >= next_launch) {
                 // Before the running attempt's timeout, a new one is a hedge: it needs another
