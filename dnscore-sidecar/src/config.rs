@@ -27,6 +27,94 @@ pub struct Flags {
     /// The settings given as flags or environment variables.
     #[command(flatten)]
     pub settings: Settings,
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands besides serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Reads Kubernetes YAML (Deployment, StatefulSet, DaemonSet, Job, CronJob, Pod, List;
+    /// multi-document) and writes it back with the sidecar added as a native sidecar and the
+    /// pod's DNS pointed at it: `dnscore-sidecar inject --upstream 10.100.0.10:53 < app.yaml |
+    /// kubectl apply -f -`. Idempotent; other documents are copied unchanged.
+    Inject(InjectFlags),
+}
+
+/// Flags of `dnscore-sidecar inject` (no environment variables: those are the server's).
+#[derive(Debug, clap::Args)]
+pub struct InjectFlags {
+    /// The manifest to read; `-` or nothing for standard input.
+    pub file: Option<PathBuf>,
+    /// The cluster DNS the sidecar forwards to, IP:PORT (repeatable) [default: 10.100.0.10:53].
+    #[arg(long = "upstream", value_delimiter = ',')]
+    pub upstreams: Vec<SocketAddr>,
+    /// A headless Service of the CoreDNS pods for the sidecar to follow.
+    #[arg(long)]
+    pub discover: Option<String>,
+    /// The sidecar's image [default: ghcr.io/dnscore/dnscore-sidecar:0.1.0].
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Namespace of objects that name none [default: default].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// The cluster domain [default: cluster.local].
+    #[arg(long)]
+    pub cluster_domain: Option<String>,
+    /// Force this ndots option [default: keep the pod's, else 5].
+    #[arg(long)]
+    pub ndots: Option<u8>,
+    /// Seconds the sidecar keeps answering after SIGTERM [default: 5; 30 on spot nodes].
+    #[arg(long)]
+    pub lameduck: Option<f64>,
+    /// Address of the sidecar's metrics and probes; must be reachable by the kubelet
+    /// [default: 0.0.0.0:9153].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The sidecar's cache capacity [default: the sidecar's].
+    #[arg(long)]
+    pub cache_capacity: Option<usize>,
+    /// Do not set the pod sysctl net.ipv4.ip_unprivileged_port_start=53 (then the image must
+    /// bind port 53 some other way).
+    #[arg(long)]
+    pub no_unprivileged_port_sysctl: bool,
+}
+
+impl InjectFlags {
+    /// The injector's options: these flags over its defaults.
+    pub fn options(&self) -> crate::inject::InjectOptions {
+        let mut o = crate::inject::InjectOptions::default();
+        if !self.upstreams.is_empty() {
+            o.upstreams = self.upstreams.clone();
+        }
+        if self.discover.is_some() {
+            o.discover = self.discover.clone();
+        }
+        if let Some(image) = &self.image {
+            o.image = image.clone();
+        }
+        if let Some(ns) = &self.namespace {
+            o.namespace = ns.clone();
+        }
+        if let Some(domain) = &self.cluster_domain {
+            o.cluster_domain = domain.clone();
+        }
+        if self.ndots.is_some() {
+            o.ndots = self.ndots;
+        }
+        if let Some(seconds) = self.lameduck {
+            o.lameduck = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+        }
+        if let Some(addr) = self.metrics_listen {
+            o.metrics_listen = addr;
+        }
+        if self.cache_capacity.is_some() {
+            o.cache_capacity = self.cache_capacity;
+        }
+        o.unprivileged_port_sysctl = !self.no_unprivileged_port_sysctl;
+        o
+    }
 }
 
 /// The settings, each optional so that the sources can be merged.

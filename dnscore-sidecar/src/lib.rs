@@ -14,6 +14,7 @@
 pub mod access;
 pub mod admin;
 pub mod config;
+pub mod inject;
 pub mod metrics;
 pub mod resolv_conf;
 

@@ -13,7 +13,9 @@ use std::sync::atomic::Ordering;
 use clap::Parser;
 use dnscore_sidecar::access::Access;
 use dnscore_sidecar::admin::{Admin, serve_admin};
-use dnscore_sidecar::config::{Config, ConfigError, Flags, LogFormat, Settings};
+use dnscore_sidecar::config::{
+    Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings,
+};
 use dnscore_sidecar::metrics::Metrics;
 use dnscore_sidecar::{Context, serve_with};
 use socket2::{Domain, Protocol, Socket, Type};
@@ -27,6 +29,9 @@ type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 fn main() -> ExitCode {
     let flags = Flags::parse();
+    if let Some(Command::Inject(inject)) = &flags.command {
+        return run_inject(inject);
+    }
     let config = match load(&flags) {
         Ok(config) => config,
         Err(err) => {
@@ -45,6 +50,41 @@ fn main() -> ExitCode {
             tracing::error!("{err}");
             eprintln!("dnscore-sidecar: {err}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dnscore-sidecar inject`: the manifest on stdout, a line per object on stderr.
+fn run_inject(flags: &InjectFlags) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut input = String::new();
+    let read = match flags.file.as_deref() {
+        None => std::io::stdin().read_to_string(&mut input).map(drop),
+        Some(path) if path.as_os_str() == "-" => {
+            std::io::stdin().read_to_string(&mut input).map(drop)
+        }
+        Some(path) => std::fs::read_to_string(path).map(|text| input = text),
+    };
+    if let Err(err) = read {
+        eprintln!("dnscore-sidecar inject: cannot read the manifest: {err}");
+        return ExitCode::from(2);
+    }
+    match dnscore_sidecar::inject::inject(&input, &flags.options()) {
+        Ok(report) => {
+            for object in &report.objects {
+                eprintln!("{object}");
+            }
+            if std::io::stdout()
+                .write_all(report.output.as_bytes())
+                .is_err()
+            {
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dnscore-sidecar inject: {err}");
+            ExitCode::from(2)
         }
     }
 }

@@ -402,3 +402,43 @@ fn beyond_loopback_only_allowed_clients_are_answered_and_any_is_refused() {
         "a client outside --allow gets nothing: {denied}"
     );
 }
+
+#[tokio::test]
+async fn inject_subcommand_is_idempotent_from_the_command_line() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/app.yaml");
+    let first = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["inject", "--upstream", "10.100.0.10:53", fixture])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let once = String::from_utf8(first.stdout).unwrap();
+    assert!(once.contains("restartPolicy: Always") && once.contains("127.0.0.1"));
+    let mut again = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["inject", "--upstream", "10.100.0.10:53"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = again.stdin.take().unwrap();
+    stdin.write_all(once.as_bytes()).await.unwrap();
+    drop(stdin);
+    let twice = again.wait_with_output().await.unwrap();
+    assert!(twice.status.success());
+    assert_eq!(
+        String::from_utf8(twice.stdout).unwrap(),
+        once,
+        "injecting twice = once"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["inject", "--upstream", "127.0.0.1:53", fixture])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a loopback upstream would loop");
+}
