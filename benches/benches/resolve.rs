@@ -1,13 +1,20 @@
-//! Cache-hit cost of `Resolver::resolve` (ns per query) on one thread and on two.
+//! Cache-hit cost of `Resolver::resolve` (ns per query) on one thread and on two, and the
+//! same cached lookup through dnscore's and hickory-resolver's `lookup(name, A)` in the same
+//! group, so that the dnscore / hickory ratio comes from one run.
 //!
 //! The answer is put in the cache once, from a test upstream on loopback; every measured
 //! query is then a hit: read the query, hash its key, copy the stored answer, patch ID,
-//! flags, question and TTLs, add an OPT record.
+//! flags, question and TTLs, add an OPT record. hickory-resolver is pointed at the same test
+//! upstream (never the system configuration) and warmed the same way; its hit is a lookup in
+//! its own cache (its `Lookup` shares the records, no wire format on either side).
+//!
+//! Two-thread figures are wall time / queries with both threads hitting the same entry, so
+//! perfect scaling halves them: QPS(2 threads) / QPS(1 thread) = time(1) / time(2).
 //!
 //! Run: `cargo bench -p dnscore-benches --bench resolve`
 
 use std::str::FromStr;
-use std::sync::Barrier;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -15,6 +22,8 @@ use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query};
 use dnscore::proto::rr::{Name, RecordType};
 use dnscore::{Resolver, Transport};
 use dnscore_testkit::TestUpstream;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
 fn query(name: &str) -> Vec<u8> {
     let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
@@ -66,8 +75,114 @@ fn cache_hit(c: &mut Criterion) {
     group.bench_function("resolve_cached/2_threads", |b| {
         b.iter_custom(|iters| two_threads(&resolver, &q, iters));
     });
+    // The async API on two threads: two tasks on a two-worker runtime.
+    group.bench_function("resolve/2_threads", |b| {
+        b.iter_custom(|iters| {
+            two_tasks(&rt, iters, {
+                let resolver = resolver.clone();
+                let q = Arc::new(q.clone());
+                move || {
+                    let (resolver, q) = (resolver.clone(), Arc::clone(&q));
+                    async move {
+                        resolver.resolve(&q).await.unwrap();
+                    }
+                }
+            })
+        });
+    });
+
+    // The same cached lookup by name through both libraries, on the current-thread runtime;
+    // both take the name as a string and parse it on every call.
+    let name = "a.test.";
+    let hickory = local.block_on(async {
+        let hickory = hickory_resolver(upstream.addr());
+        let warm = hickory.lookup(name, RecordType::A).await.unwrap();
+        assert!(warm.answers().len() == 1, "hickory was answered");
+        hickory
+    });
+    local
+        .block_on(resolver.lookup(name, RecordType::A))
+        .unwrap();
+    group.bench_function("dnscore_lookup/1_thread", |b| {
+        b.to_async(&local)
+            .iter(|| resolver.lookup(name, RecordType::A));
+    });
+    group.bench_function("hickory_lookup/1_thread", |b| {
+        b.to_async(&local)
+            .iter(|| hickory.lookup(name, RecordType::A));
+    });
+    group.bench_function("dnscore_lookup/2_threads", |b| {
+        b.iter_custom(|iters| {
+            two_tasks(&rt, iters, {
+                let resolver = resolver.clone();
+                move || {
+                    let resolver = resolver.clone();
+                    async move {
+                        resolver.lookup(name, RecordType::A).await.unwrap();
+                    }
+                }
+            })
+        });
+    });
+    group.bench_function("hickory_lookup/2_threads", |b| {
+        b.iter_custom(|iters| {
+            two_tasks(&rt, iters, {
+                let hickory = hickory.clone();
+                move || {
+                    let hickory = hickory.clone();
+                    async move {
+                        hickory.lookup(name, RecordType::A).await.unwrap();
+                    }
+                }
+            })
+        });
+    });
     group.finish();
     drop(upstream);
+}
+
+/// hickory-resolver over UDP and TCP to `upstream` only, no search list, no hosts file.
+fn hickory_resolver(
+    upstream: std::net::SocketAddr,
+) -> hickory_resolver::Resolver<TokioRuntimeProvider> {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = upstream.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = upstream.port();
+    let server = NameServerConfig::new(upstream.ip(), true, vec![udp, tcp]);
+    let config = ResolverConfig::from_parts(None, vec![], vec![server]);
+    let mut builder =
+        hickory_resolver::Resolver::builder_with_config(config, TokioRuntimeProvider::default());
+    builder.options_mut().use_hosts_file = hickory_resolver::config::ResolveHosts::Never;
+    builder.build().unwrap()
+}
+
+/// Runs `iters` queries made by `make` as two concurrent tasks on the two-worker `rt`;
+/// returns the wall time.
+fn two_tasks<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, make: F) -> Duration
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let per_task = iters.div_ceil(2);
+    let make = Arc::new(make);
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..2)
+            .map(|_| {
+                let make = Arc::clone(&make);
+                tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        make().await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        start.elapsed()
+    })
 }
 
 fn two_threads(resolver: &Resolver, q: &[u8], iters: u64) -> Duration {

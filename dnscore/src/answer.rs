@@ -11,8 +11,9 @@ use tokio::time::Instant;
 
 use crate::query::Query;
 use crate::wire::{
-    HEADER_LEN, Header, MAX_TTL, Malformed, check_rdata_names, flag, rcode, read_record, rtype,
-    set_u16, soa_negative_ttl, write_opt, write_opt_stale,
+    HEADER_LEN, Header, MAX_TTL, Malformed, NameStarts, check_rdata_names, flag, rcode,
+    read_record_tracked, rtype, set_u16, skip_name_tracked, soa_negative_ttl, write_opt,
+    write_opt_stale,
 };
 
 /// The TTL of a stale answer (RFC 8767 §4 recommends 30 s).
@@ -85,11 +86,13 @@ impl Answer {
             return Err(ResponseError::Mismatch);
         }
         let question_end = crate::wire::skip_name(sent, HEADER_LEN)? + 4;
+        let mut starts = NameStarts::new(resp.len());
         let sent_question = &sent[HEADER_LEN..question_end];
         match resp.get(HEADER_LEN..question_end) {
             Some(q) if q.eq_ignore_ascii_case(sent_question) => {}
             _ => return Err(ResponseError::Mismatch),
         }
+        skip_name_tracked(resp, HEADER_LEN, &mut starts)?;
         let qtype = crate::wire::u16_at(sent, question_end - 4)?;
 
         let mut facts = Facts::default();
@@ -101,8 +104,8 @@ impl Answer {
         let sections = [header.ancount, header.nscount, header.arcount];
         'sections: for (section, &count) in sections.iter().enumerate() {
             for _ in 0..count {
-                let rr = read_record(resp, pos)?;
-                check_rdata_names(resp, &rr)?;
+                let rr = read_record_tracked(resp, pos, &mut starts)?;
+                check_rdata_names(resp, &rr, &mut starts)?;
                 pos = rr.end;
                 if rr.rtype == rtype::OPT {
                     if section != 2 {

@@ -129,7 +129,38 @@ impl Header {
 /// §4.1.4: "a prior occurrence"), which also bounds the walk, and never into the header
 /// (no name lives there, and answers get a header of our own); the expanded name may not
 /// exceed 255 octets.
-pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> {
+pub(crate) fn skip_name(msg: &[u8], pos: usize) -> Result<usize, Malformed> {
+    walk_name(msg, pos, None)
+}
+
+/// The positions in a message where a label of a name starts: the only places a
+/// compression pointer may lead to. Built while a message is read front to back (pointers
+/// only lead backwards), so that a pointer into a TTL, a type or the data of an address is
+/// refused: answers are copied to clients with TTLs rewritten, and such a pointer would read
+/// differently there.
+pub(crate) struct NameStarts(Vec<bool>);
+
+impl NameStarts {
+    pub(crate) fn new(len: usize) -> Self {
+        Self(vec![false; len])
+    }
+}
+
+/// Like [`skip_name`], and every pointer must lead to a label start recorded in `starts`;
+/// the labels of this name are recorded there too.
+pub(crate) fn skip_name_tracked(
+    msg: &[u8],
+    pos: usize,
+    starts: &mut NameStarts,
+) -> Result<usize, Malformed> {
+    walk_name(msg, pos, Some(starts))
+}
+
+fn walk_name(
+    msg: &[u8],
+    mut pos: usize,
+    mut starts: Option<&mut NameStarts>,
+) -> Result<usize, Malformed> {
     let mut end = None;
     let mut len = 0usize;
     let mut limit = pos;
@@ -137,6 +168,12 @@ pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> 
         let b = *msg.get(pos).ok_or(Malformed)?;
         match b & 0xc0 {
             0x00 => {
+                if end.is_none()
+                    && let Some(starts) = starts.as_deref_mut()
+                    && let Some(slot) = starts.0.get_mut(pos)
+                {
+                    *slot = true;
+                }
                 let l = usize::from(b);
                 len += l + 1;
                 if len > MAX_NAME_LEN {
@@ -153,6 +190,11 @@ pub(crate) fn skip_name(msg: &[u8], mut pos: usize) -> Result<usize, Malformed> 
                     end = Some(pos + 2);
                 }
                 if target >= limit || target < HEADER_LEN {
+                    return Err(Malformed);
+                }
+                if let Some(starts) = starts.as_deref()
+                    && !starts.0.get(target).copied().unwrap_or(false)
+                {
                     return Err(Malformed);
                 }
                 limit = target;
@@ -182,7 +224,19 @@ pub(crate) struct Record {
 
 /// Reads the framing of the record at `pos`, checking that it lies inside the message.
 pub(crate) fn read_record(msg: &[u8], pos: usize) -> Result<Record, Malformed> {
-    let after_name = skip_name(msg, pos)?;
+    record_after_name(msg, pos, skip_name(msg, pos)?)
+}
+
+/// Like [`read_record`], with the owner name checked and recorded in `starts`.
+pub(crate) fn read_record_tracked(
+    msg: &[u8],
+    pos: usize,
+    starts: &mut NameStarts,
+) -> Result<Record, Malformed> {
+    record_after_name(msg, pos, skip_name_tracked(msg, pos, starts)?)
+}
+
+fn record_after_name(msg: &[u8], pos: usize, after_name: usize) -> Result<Record, Malformed> {
     let rtype = u16_at(msg, after_name)?;
     let class = u16_at(msg, after_name + 2)?;
     let ttl = u32_at(msg, after_name + 4)?;
@@ -207,21 +261,27 @@ pub(crate) fn read_record(msg: &[u8], pos: usize) -> Result<Record, Malformed> {
 /// §4, and the later types that old servers compress anyway): each must be well formed, and
 /// the names and fixed fields must fill the RDATA exactly. Answers are copied to clients
 /// verbatim, so a pointer in them must not lead anywhere but to an earlier name.
-pub(crate) fn check_rdata_names(msg: &[u8], rr: &Record) -> Result<(), Malformed> {
-    // (fixed bytes before the names, names, fixed bytes after them)
+pub(crate) fn check_rdata_names(
+    msg: &[u8],
+    rr: &Record,
+    starts: &mut NameStarts,
+) -> Result<(), Malformed> {
+    // (fixed bytes before the names, names, fixed bytes after them; None: any)
     let (prefix, names, suffix) = match rr.rtype {
         // NS, MD, MF, CNAME, MB, MG, MR, PTR, DNAME
-        2 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 39 => (0, 1, 0),
+        2 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 39 => (0, 1, Some(0)),
         // SOA: two names, then serial, refresh, retry, expire, minimum
-        6 => (0, 2, 20),
+        6 => (0, 2, Some(20)),
         // MINFO, RP
-        14 | 17 => (0, 2, 0),
+        14 | 17 => (0, 2, Some(0)),
         // MX, AFSDB, RT, KX: preference, name
-        15 | 18 | 21 | 36 => (2, 1, 0),
+        15 | 18 | 21 | 36 => (2, 1, Some(0)),
         // PX: preference, two names
-        26 => (2, 2, 0),
+        26 => (2, 2, Some(0)),
         // SRV: priority, weight, port, target
-        33 => (6, 1, 0),
+        33 => (6, 1, Some(0)),
+        // SVCB, HTTPS: priority, target (never compressed, RFC 9460 §2.2), parameters
+        64 | 65 => (2, 1, None),
         _ => return Ok(()),
     };
     let mut pos = rr.rdata + prefix;
@@ -229,12 +289,12 @@ pub(crate) fn check_rdata_names(msg: &[u8], rr: &Record) -> Result<(), Malformed
         if pos >= rr.end {
             return Err(Malformed);
         }
-        pos = skip_name(msg, pos)?;
+        pos = skip_name_tracked(msg, pos, starts)?;
     }
-    if pos + suffix == rr.end {
-        Ok(())
-    } else {
-        Err(Malformed)
+    match suffix {
+        Some(fixed) if pos + fixed != rr.end => Err(Malformed),
+        None if pos > rr.end => Err(Malformed),
+        _ => Ok(()),
     }
 }
 

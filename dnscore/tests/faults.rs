@@ -182,7 +182,11 @@ async fn kill_one_of_three_mid_load() {
     eprintln!("  detection: marked down {detection:?} after the kill");
     eprintln!("  replacement got {} queries", replacement.total_queries());
     assert_eq!(before.failures + during.failures + after.failures, 0);
-    assert!(detection.is_some(), "the dead pod is marked down");
+    assert!(
+        detection.is_some(),
+        "the dead pod is marked down: {:#?}",
+        r.stats().upstreams
+    );
     assert!(replacement.total_queries() > 0);
 }
 

@@ -16,6 +16,8 @@ use tokio::time::Instant;
 /// RFC 6298 §2: alpha = 1/8, beta = 1/4.
 const ALPHA: f64 = 0.125;
 const BETA: f64 = 0.25;
+/// How long an RTT sample steers selection before the upstream is explored again.
+const SAMPLE_MAX_AGE: Duration = Duration::from_secs(2);
 /// An attempt's timeout before the upstream's first answer.
 const INITIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// The earliest a hedge is sent.
@@ -32,6 +34,10 @@ struct State {
     /// A probe task is running for this upstream.
     probing: bool,
     last_success: Option<Instant>,
+    /// When SRTT last changed (an answer, or an attempt found slow).
+    sampled_at: Option<Instant>,
+    /// One query has been let through to re-measure a stale SRTT.
+    exploring: bool,
 }
 
 /// Upper bounds of the RTT histogram's buckets, in seconds (the last is +Inf).
@@ -139,15 +145,37 @@ impl Health {
         }
         s.consecutive_failures = 0;
         s.last_success = Some(now);
+        s.sampled_at = Some(now);
+        s.exploring = false;
         std::mem::replace(&mut s.down, false)
     }
 
     /// An attempt waited `waited` without an answer: the upstream is at least that slow now,
     /// so raise its SRTT to it (selection then prefers the others). Not a failure.
-    pub(crate) fn record_slow(&self, waited: Duration) {
+    pub(crate) fn record_slow(&self, waited: Duration, now: Instant) {
         let mut s = self.state();
         let waited = waited.as_secs_f64();
         s.srtt = Some(s.srtt.map_or(waited, |srtt| srtt.max(waited)));
+        s.sampled_at = Some(now);
+        s.exploring = false;
+    }
+
+    /// The RTT selection compares: SRTT, or zero once (until the next sample) when the
+    /// sample is old, so that an upstream avoided for being slow is tried again now and then
+    /// by one query (it may have recovered; if it has not, that attempt adds to its failures
+    /// until it is marked down and probed). Zero before the first sample: explore.
+    pub(crate) fn selection_rtt(&self, now: Instant) -> Duration {
+        let mut s = self.state();
+        match (s.srtt, s.sampled_at) {
+            (None, _) | (_, None) => Duration::ZERO,
+            (Some(srtt), Some(at)) => {
+                if now.saturating_duration_since(at) >= SAMPLE_MAX_AGE && !s.exploring {
+                    s.exploring = true;
+                    return Duration::ZERO;
+                }
+                Duration::from_secs_f64(srtt)
+            }
+        }
     }
 
     /// A transport failure; after `max_failures` in a row the upstream is marked down.

@@ -226,8 +226,9 @@ impl Pool {
                 let first = rand::random_range(0..n);
                 let second = (first + rand::random_range(1..n.max(2))) % n;
                 let (a, b) = (candidates[first], candidates[second]);
-                // An upstream with no RTT yet counts as fastest, so that it gets explored.
-                let rtt = |i: usize| ups[i].health.srtt().unwrap_or_default();
+                // An upstream with no recent RTT counts as fastest, so that it gets explored.
+                let now = Instant::now();
+                let rtt = |i: usize| ups[i].health.selection_rtt(now);
                 if rtt(b) < rtt(a) { b } else { a }
             }
         })
@@ -392,7 +393,7 @@ async fn attempt(
             }
             () = &mut slow, if !slowed => {
                 slowed = true;
-                health.record_slow(slow_after);
+                health.record_slow(slow_after, Instant::now());
             }
             () = &mut ceiling, if !timed_out => {
                 timed_out = true;
