@@ -157,6 +157,10 @@ pub struct Settings {
     #[arg(long = "allow", env = "DNSCORE_ALLOW", value_delimiter = ',')]
     #[serde(default)]
     pub allow: Vec<IpNet>,
+    /// Queries per second per client IP over UDP, for a sidecar bound beyond loopback
+    /// (approximate: per receive thread) [default: no limit].
+    #[arg(long, env = "DNSCORE_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "DNSCORE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -222,6 +226,8 @@ pub struct Config {
     pub workers: usize,
     /// See [`Settings::allow`].
     pub allow: Vec<IpNet>,
+    /// See [`Settings::rate_limit`].
+    pub rate_limit: Option<u32>,
     /// See [`Settings::log_format`].
     pub log_format: LogFormat,
     /// See [`Settings::log`].
@@ -258,6 +264,7 @@ impl Settings {
             lameduck: self.lameduck.or(lower.lameduck),
             workers: self.workers.or(lower.workers),
             allow: vec(self.allow, lower.allow),
+            rate_limit: self.rate_limit.or(lower.rate_limit),
             log_format: self.log_format.or(lower.log_format),
             log: self.log.or(lower.log),
         }
@@ -304,6 +311,7 @@ impl Settings {
             lameduck: Duration::from_secs_f64(lameduck),
             workers,
             allow: self.allow,
+            rate_limit: self.rate_limit.filter(|&n| n > 0),
             log_format: self.log_format.unwrap_or_default(),
             log: self.log.unwrap_or_else(|| "info".to_string()),
         })

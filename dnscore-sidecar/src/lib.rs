@@ -16,6 +16,7 @@ pub mod admin;
 pub mod config;
 pub mod inject;
 pub mod metrics;
+pub mod ratelimit;
 pub mod resolv_conf;
 
 use std::future::Future;
@@ -57,6 +58,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Who may ask.
     pub access: Arc<Access>,
+    /// Queries per second per client over UDP, if limited.
+    pub rate_limit: Option<u32>,
 }
 
 impl Context {
@@ -66,6 +69,7 @@ impl Context {
             resolver,
             metrics: Arc::default(),
             access: Arc::default(),
+            rate_limit: None,
         }
     }
 }
@@ -141,6 +145,7 @@ fn serve_udp(
     stop: Arc<AtomicBool>,
 ) {
     let counters = ctx.metrics.worker();
+    let mut limiter = ctx.rate_limit.map(ratelimit::RateLimiter::new);
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::with_capacity(MAX_DATAGRAM);
     while !stop.load(Ordering::Acquire) {
@@ -158,6 +163,12 @@ fn serve_udp(
         };
         if !ctx.access.allows(peer.ip()) {
             ctx.metrics.refused_clients.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if let Some(limiter) = limiter.as_mut()
+            && !limiter.allow(peer.ip(), std::time::Instant::now())
+        {
+            ctx.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
             continue;
         }
         let query = &buf[..len];

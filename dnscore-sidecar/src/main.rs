@@ -139,6 +139,7 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
             resolver: resolver.clone(),
             metrics: Arc::clone(&metrics),
             access: Arc::new(access),
+            rate_limit: config.rate_limit,
         };
         let admin = Admin::new(resolver.clone(), metrics);
         tokio::spawn(serve_admin(admin_listener, Arc::clone(&admin)));

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub tcp_connections: AtomicI64,
     /// Packets dropped because the client is not allowed.
     pub refused_clients: AtomicU64,
+    /// Packets dropped because the client is over its rate limit.
+    pub rate_limited: AtomicU64,
     /// Queries answered from the cache inline or after an upstream, still being resolved.
     pub in_flight: AtomicI64,
 }
@@ -95,6 +97,7 @@ impl Default for Metrics {
             query_counters: Mutex::new(Vec::new()),
             tcp_connections: AtomicI64::new(0),
             refused_clients: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
         }
     }

@@ -316,3 +316,43 @@ async fn tcp_connection_limit_holds() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_drops_a_client_over_its_budget() {
+    let up = TestUpstream::start().await.unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = TcpListener::bind(addr).await.unwrap();
+    let resolver = Resolver::builder().upstream(up.addr()).build().unwrap();
+    let mut ctx = dnscore_sidecar::Context::new(resolver);
+    ctx.rate_limit = Some(5);
+    let metrics = std::sync::Arc::clone(&ctx.metrics);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(dnscore_sidecar::serve_with(vec![udp], tcp, ctx, async {
+        let _ = stopped.await;
+    }));
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for id in 0..20 {
+        client
+            .send_to(&query(id, "a.test.", RecordType::A, false), addr)
+            .await
+            .unwrap();
+    }
+    let mut answered = 0;
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok(_)) =
+        tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buf)).await
+    {
+        answered += 1;
+    }
+    let limited = metrics
+        .rate_limited
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (5..=7).contains(&answered),
+        "a burst of 5 (and refill): {answered}"
+    );
+    assert_eq!(limited as usize + answered, 20);
+    let _ = stop.send(());
+    server.await.unwrap();
+}
