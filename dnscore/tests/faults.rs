@@ -168,6 +168,7 @@ async fn kill_one_of_three_mid_load() {
         tokio::join!(load, kill)
     };
     let (during, detection) = during;
+    let dead = r.stats().upstreams[0].clone();
     // The pod is replaced (a new IP), as a Deployment does; the list is updated.
     let replacement = TestUpstream::start_on([127, 0, 0, 24].into())
         .await
@@ -184,8 +185,7 @@ async fn kill_one_of_three_mid_load() {
     assert_eq!(before.failures + during.failures + after.failures, 0);
     assert!(
         detection.is_some(),
-        "the dead pod is marked down: {:#?}",
-        r.stats().upstreams
+        "the dead pod is marked down: {dead:#?}"
     );
     assert!(replacement.total_queries() > 0);
 }

@@ -336,13 +336,12 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
 }
 
 #[tokio::test]
-async fn silent_upstreams_are_marked_down_fail_fast_and_come_back() {
+async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
     let up = TestUpstream::start().await.unwrap();
-    up.set_default_behavior(Behavior::Drop);
+    let addr = up.addr();
+    up.stop();
     let r = Resolver::builder()
-        .upstream(up.addr())
-        .attempt_timeout(Duration::from_millis(100))
-        .timeout(Duration::from_millis(1000))
+        .upstream(addr)
         .probe_interval(Duration::from_millis(100))
         .failure_ttl(Duration::ZERO)
         .build()
@@ -354,36 +353,76 @@ async fn silent_upstreams_are_marked_down_fail_fast_and_come_back() {
             .unwrap(),
     );
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
-    assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(
-        up.queries("a.test.", Proto::Udp),
-        3,
-        "asked again with new sockets, then marked down"
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refusals fail at once"
     );
-    assert!(!r.stats().upstreams[0].healthy);
+    assert!(
+        !r.stats().upstreams[0].healthy,
+        "three refusals mark it down"
+    );
 
     // All upstreams down: SERVFAIL at once, nothing sent.
+    let started = std::time::Instant::now();
     let reply = parse(
         &r.resolve(&query(2, "b.test.", RecordType::A, None))
             .await
             .unwrap(),
     );
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
-    assert_eq!(up.queries("b.test.", Proto::Udp), 0);
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(r.stats().upstreams[0].attempts, 3);
 
-    // The upstream recovers; a probe (". IN NS") brings it back.
-    up.set_default_behavior(Behavior::Normal);
+    // The pod comes back on the same address; a probe (". IN NS") brings it back.
+    let SocketAddr::V4(v4) = addr else {
+        unreachable!()
+    };
+    let back = TestUpstream::start_at(v4).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !r.stats().upstreams[0].healthy && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(r.stats().upstreams[0].healthy, "probed back up");
     assert!(
-        up.queries(".", Proto::Udp) >= 1,
+        back.queries(".", Proto::Udp) >= 1,
         "the probe asked the root NS"
     );
     let reply = parse(
         &r.resolve(&query(3, "b.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+}
+
+/// Slowness alone never takes the last upstream out of rotation: a silent one is asked
+/// again (new sockets) until the deadline, and stays up for the next query.
+#[tokio::test]
+async fn a_silent_last_upstream_is_not_marked_down() {
+    let up = TestUpstream::start().await.unwrap();
+    up.set_default_behavior(Behavior::Drop);
+    let r = Resolver::builder()
+        .upstream(up.addr())
+        .attempt_timeout(Duration::from_millis(100))
+        .timeout(Duration::from_millis(500))
+        .failure_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    let reply = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(
+        up.queries("a.test.", Proto::Udp),
+        3,
+        "asked again with new sockets"
+    );
+    assert!(r.stats().upstreams[0].healthy);
+    up.set_default_behavior(Behavior::Normal);
+    let reply = parse(
+        &r.resolve(&query(2, "a.test.", RecordType::A, None))
             .await
             .unwrap(),
     );

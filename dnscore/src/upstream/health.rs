@@ -102,15 +102,6 @@ pub(crate) struct Health {
     pub(crate) counters: Counters,
 }
 
-/// What a recorded failure did to the upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Transition {
-    /// Nothing changed.
-    None,
-    /// The upstream was just marked down: start probing it.
-    WentDown,
-}
-
 impl Default for Health {
     fn default() -> Self {
         Self {
@@ -179,18 +170,24 @@ impl Health {
     }
 
     /// A transport failure; after `max_failures` in a row the upstream is marked down.
-    pub(crate) fn record_failure(&self, max_failures: u32) -> Transition {
+    ///
+    /// `may_go_down` is false for a timeout when no other upstream is up: slowness alone
+    /// never takes the last one out of rotation (a refused port or a reset still does).
+    /// Returns true when this marked the upstream down.
+    pub(crate) fn record_failure(&self, max_failures: u32, may_go_down: bool) -> bool {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         let mut s = self.state();
         s.consecutive_failures = s.consecutive_failures.saturating_add(1);
-        if !s.down && s.consecutive_failures >= max_failures {
+        if may_go_down && !s.down && s.consecutive_failures >= max_failures {
             s.down = true;
-            if !s.probing {
-                s.probing = true;
-                return Transition::WentDown;
-            }
+            return true;
         }
-        Transition::None
+        false
+    }
+
+    /// Claims the probe task of this upstream: true if none is running.
+    pub(crate) fn start_probing(&self) -> bool {
+        !std::mem::replace(&mut self.state().probing, true)
     }
 
     /// The probe task ends (the upstream is back, or it was removed).
@@ -286,15 +283,18 @@ mod tests {
     fn marked_down_after_consecutive_failures_only() {
         let h = Health::default();
         let now = Instant::now();
-        assert_eq!(h.record_failure(3), Transition::None);
-        assert_eq!(h.record_failure(3), Transition::None);
+        assert!(!h.record_failure(3, true));
+        assert!(!h.record_failure(3, true));
         h.record_answer(Duration::from_millis(1), now);
-        assert_eq!(h.record_failure(3), Transition::None);
-        assert_eq!(h.record_failure(3), Transition::None);
+        assert!(!h.record_failure(3, true));
+        assert!(!h.record_failure(3, true));
+        assert!(!h.record_failure(3, false), "the last one stays");
         assert!(!h.is_down());
-        assert_eq!(h.record_failure(3), Transition::WentDown);
+        assert!(h.record_failure(3, true));
         assert!(h.is_down());
-        assert_eq!(h.record_failure(3), Transition::None, "one probe task only");
+        assert!(!h.record_failure(3, true), "marked down once");
+        assert!(h.start_probing());
+        assert!(!h.start_probing(), "one probe task only");
         assert!(h.record_answer(Duration::from_millis(1), now), "back up");
         assert!(!h.is_down());
     }

@@ -33,7 +33,7 @@ use crate::error::UpstreamError;
 use crate::query::Key;
 use crate::stats::UpstreamStats;
 
-use health::{Health, Transition};
+use health::Health;
 
 /// How the pool picks the upstream for an attempt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -295,6 +295,7 @@ impl Pool {
                     i,
                     limit,
                     config.clone(),
+                    Arc::clone(&ups),
                     report,
                 ));
                 outstanding += 1;
@@ -343,21 +344,20 @@ impl Pool {
 }
 
 /// One attempt at one upstream, reporting to `report`, with its accounting: RTT on an
-/// answer; a raised SRTT when `slow_after` (the adaptive timeout) passes; a failure on a
-/// transport error or when the attempt timeout's ceiling passes unanswered; a stop when the
+/// answer; a failure on a transport error, and a failure plus a raised SRTT (selection then
+/// avoids it) when `slow_after`, the adaptive timeout, passes unanswered; a stop when the
 /// upstream is re-driven.
 ///
-/// The adaptive timeout only decides when the pool asks elsewhere too; counting a failure
-/// takes the ceiling, so that an upstream slowed by load (answers late, but answers) is not
-/// marked down, and with it every upstream at once. For the same reason an attempt outlives
-/// its query, up to the ceiling: a blackholed upstream is then seen failing even when the
-/// others answer every query first, and a late answer is seen too.
+/// A timeout never marks the last upstream that is up as down (`others_up`): an upstream
+/// slowed by load answers late but answers, and a late answer marks it up again. An attempt
+/// outlives its query, up to the attempt timeout's ceiling, so that a late answer is seen.
 async fn attempt(
     upstream: Arc<Upstream>,
     key: Arc<[u8]>,
     index: usize,
     slow_after: Duration,
     config: PoolConfig,
+    peers: Arc<[Arc<Upstream>]>,
     report: mpsc::UnboundedSender<(usize, Result<Answer, UpstreamError>)>,
 ) {
     let health = &upstream.health;
@@ -385,7 +385,7 @@ async fn attempt(
                     Err(err) if err.is_transport() => {
                         // A closed port or a reset: whatever else waits on it waits in vain.
                         health.redrive();
-                        failed(&upstream, &config);
+                        failed(&upstream, &config, &peers, true);
                     }
                     Err(_) => {}
                 }
@@ -394,11 +394,11 @@ async fn attempt(
             () = &mut slow, if !slowed => {
                 slowed = true;
                 health.record_slow(slow_after, Instant::now());
+                health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                failed(&upstream, &config, &peers, false);
             }
             () = &mut ceiling, if !timed_out => {
                 timed_out = true;
-                health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                failed(&upstream, &config);
                 if report.is_closed() {
                     return;
                 }
@@ -411,19 +411,38 @@ async fn attempt(
     let _ = report.send((index, result));
 }
 
-/// Records a transport failure; an upstream that goes down gets no new queries and is
-/// probed. (Queries already waiting on it keep waiting: a late answer still counts, and
-/// marks it up again.)
-fn failed(upstream: &Arc<Upstream>, config: &PoolConfig) {
-    if upstream.health.record_failure(config.max_failures) == Transition::WentDown {
+/// Records a transport failure (`hard`: a closed port or a reset; else a timeout) and makes
+/// sure a probe task watches the upstream: it asks `. IN NS` until the upstream answers,
+/// counting each unanswered probe as a failure, so that a silent upstream that selection
+/// now avoids (and that gets no queries to fail) is still marked down, and one that is down
+/// is brought back. A timeout never marks down the last upstream that is up.
+fn failed(upstream: &Arc<Upstream>, config: &PoolConfig, peers: &Arc<[Arc<Upstream>]>, hard: bool) {
+    let may_go_down = hard || others_up(peers, upstream);
+    if upstream
+        .health
+        .record_failure(config.max_failures, may_go_down)
+    {
         tracing::warn!(addr = %upstream.addr, "upstream marked down");
-        tokio::spawn(probe(Arc::clone(upstream), config.clone()));
+    }
+    if upstream.health.start_probing() {
+        tokio::spawn(probe(
+            Arc::clone(upstream),
+            config.clone(),
+            Arc::clone(peers),
+        ));
     }
 }
 
-/// Asks a down upstream `. IN NS` (as CoreDNS's health check does) with exponential backoff
-/// until it answers anything, then marks it up.
-async fn probe(upstream: Arc<Upstream>, config: PoolConfig) {
+/// Whether an upstream other than `this` is up.
+fn others_up(peers: &[Arc<Upstream>], this: &Arc<Upstream>) -> bool {
+    peers
+        .iter()
+        .any(|u| !Arc::ptr_eq(u, this) && !u.health.is_down())
+}
+
+/// Asks `. IN NS` (as CoreDNS's health check does) every probe interval, doubling while the
+/// upstream is down, until it answers anything.
+async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upstream>]>) {
     // The key for ". IN NS" without DO or CD: root name, type 2, class 1, flags 0.
     const ROOT_NS: [u8; 6] = [0, 0, 2, 0, 1, 0];
     let mut interval = config.probe_interval;
@@ -439,13 +458,22 @@ async fn probe(upstream: Arc<Upstream>, config: PoolConfig) {
         )
         .await;
         if let Ok(Ok(_)) = reply {
-            upstream
+            if upstream
                 .health
-                .record_answer(started.elapsed(), Instant::now());
-            tracing::info!(addr = %upstream.addr, "upstream is back up");
+                .record_answer(started.elapsed(), Instant::now())
+            {
+                tracing::info!(addr = %upstream.addr, "upstream is back up");
+            }
             break;
         }
-        interval = (interval * 2).min(config.max_probe_interval);
+        if upstream.health.is_down() {
+            interval = (interval * 2).min(config.max_probe_interval);
+        } else if upstream
+            .health
+            .record_failure(config.max_failures, others_up(&peers, &upstream))
+        {
+            tracing::warn!(addr = %upstream.addr, "upstream marked down by its probes");
+        }
     }
     upstream.health.probe_ended();
 }
