@@ -65,7 +65,8 @@
 //!   reset fails the attempt at once and re-drives every query waiting on that upstream; a
 //!   slow or silent upstream is hedged around after about its p95 RTT (for at most 5% of
 //!   queries) or its adaptive timeout; three transport failures in a row mark it down until
-//!   a probe (`. IN NS`) is answered. With every upstream down, queries fail at once.
+//!   a probe (`. IN NS`) is answered. With every upstream down they are asked anyway (a
+//!   Service IP may reach a live endpoint with a fresh socket; a dead one refuses at once).
 //! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
 //!   than a day ago is served with TTL 30 and an Extended DNS Error "Stale Answer"; after a
 //!   failed refresh it is served at once for 30 s. Entries asked for in the last tenth of

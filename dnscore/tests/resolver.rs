@@ -362,7 +362,8 @@ async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
         "three refusals mark it down"
     );
 
-    // All upstreams down: SERVFAIL at once, nothing sent.
+    // All upstreams down: asked anyway (a Service IP may lead elsewhere next time), and a
+    // refusing one still fails at once.
     let started = std::time::Instant::now();
     let reply = parse(
         &r.resolve(&query(2, "b.test.", RecordType::A, None))
@@ -370,8 +371,8 @@ async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
             .unwrap(),
     );
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
-    assert!(started.elapsed() < Duration::from_millis(100));
-    assert_eq!(r.stats().upstreams[0].attempts, 3);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(r.stats().upstreams[0].attempts > 3);
 
     // The pod comes back on the same address; a probe (". IN NS") brings it back.
     let SocketAddr::V4(v4) = addr else {

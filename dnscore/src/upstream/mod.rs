@@ -14,7 +14,8 @@
 //! Each attempt is UDP first on a fresh connected socket; a truncated answer is asked
 //! again over TCP of the same upstream, and a truncated TCP answer is a failure. Transport
 //! failures mark an upstream down after a few in a row; a probe task (`. IN NS`, with
-//! exponential backoff) brings it back. When every upstream is down the query fails at once.
+//! exponential backoff) brings it back. When every upstream is down they are asked anyway: an
+//! upstream is often a Service IP, behind which a fresh socket may reach a live endpoint.
 
 mod health;
 mod tcp;
@@ -209,6 +210,17 @@ impl Pool {
             (0..ups.len()).filter(|&i| usable(i) && !tried[i]).collect();
         if candidates.is_empty() && !hedge {
             candidates = (0..ups.len()).filter(|&i| usable(i)).collect();
+        }
+        // Every upstream down: ask them anyway (as CoreDNS's forward does). An upstream is
+        // often a Service IP whose DNAT picks another endpoint for a fresh socket; a dead
+        // one refuses at once, so this still fails fast.
+        if candidates.is_empty() && !hedge && ups.iter().all(|u| u.health.is_down()) {
+            candidates = (0..ups.len())
+                .filter(|&i| !excluded[i] && !tried[i])
+                .collect();
+            if candidates.is_empty() {
+                candidates = (0..ups.len()).filter(|&i| !excluded[i]).collect();
+            }
         }
         if candidates.is_empty() {
             return None;
