@@ -158,7 +158,9 @@ async fn kill_one_of_three_mid_load() {
     let before = load(&r, RATE, phase).await;
 
     let during = {
-        let load = load(&r, RATE, phase);
+        // Three seconds: a dead pod that selection already avoids gets a query again when
+        // its RTT sample is 2 s old (exploration), and the failures that mark it down follow.
+        let load = load(&r, RATE, phase * 3);
         tokio::pin!(load);
         let kill = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -197,7 +199,7 @@ async fn blackhole_one_of_three_mid_load() {
     let r = resolver(&addrs(&pods));
     let phase = Duration::from_secs(1) * scale();
     let before = load(&r, RATE, phase).await;
-    let (during, detection) = tokio::join!(load(&r, RATE, phase * 2), async {
+    let (during, detection) = tokio::join!(load(&r, RATE, phase * 3), async {
         pods[1].set_default_behavior(Behavior::Drop);
         until(Duration::from_secs(5), || !r.stats().upstreams[1].healthy).await
     });
