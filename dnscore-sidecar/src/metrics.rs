@@ -87,7 +87,7 @@ pub struct Metrics {
     pub refused_clients: AtomicU64,
     /// Packets dropped because the client is over its rate limit.
     pub rate_limited: AtomicU64,
-    /// Queries answered from the cache inline or after an upstream, still being resolved.
+    /// Client queries waiting for an upstream (cache misses being resolved).
     pub in_flight: AtomicI64,
 }
 

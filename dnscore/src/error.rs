@@ -80,8 +80,9 @@ pub enum UpstreamError {
     /// the query went to another upstream.
     #[error("{0} was found dead while the query waited; re-driven")]
     Redriven(SocketAddr),
-    /// Every upstream is marked down; nothing was sent. Probes bring them back.
-    #[error("every upstream is marked down")]
+    /// No upstream could be asked for this query (every one was excluded after answering
+    /// it with a failure code). Upstreams marked down are still asked when all are down.
+    #[error("no upstream could be asked")]
     AllDown,
     /// Every upstream failed this question moments ago; the failure is cached for a few
     /// seconds (RFC 2308 §7) so that retries do not storm a failing server.
