@@ -2,7 +2,8 @@
 //! has bound, until a shutdown future completes. The binary (`main.rs`) only reads its
 //! configuration, binds, and turns signals into the lameduck-then-shutdown sequence.
 //!
-//! Cache hits are answered inline in the receive loop; only misses spawn a task. Several
+//! Cache hits are answered inline in the receive loop ([`udp`]: batched system calls);
+//! only misses spawn a task. Several
 //! UDP sockets (`SO_REUSEPORT`, one per worker) spread the load over the cores. TCP
 //! connections are pipelined (RFC 7766 §6.2.1.1): each query is answered as soon as its
 //! answer is ready, in any order.
@@ -18,9 +19,9 @@ pub mod inject;
 pub mod metrics;
 pub mod ratelimit;
 pub mod resolv_conf;
+pub mod udp;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -33,8 +34,6 @@ use tokio::sync::{Semaphore, mpsc};
 use access::Access;
 use metrics::{Metrics, Protocol, QueryCounters};
 
-/// Largest UDP datagram we read (anything larger is not DNS).
-const MAX_DATAGRAM: usize = 65_535;
 /// Simultaneous client TCP connections; past it new ones wait in the listen backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
 /// Queries one TCP connection may have waiting for an upstream; past it the connection is
@@ -98,7 +97,7 @@ pub async fn serve_with(
     let stop = Arc::new(AtomicBool::new(false));
     let mut receivers = Vec::new();
     for socket in udp {
-        match udp_receiver(socket, &ctx, &in_flight, &stop) {
+        match udp::spawn_receiver(socket, &ctx, &in_flight, &stop) {
             Ok(thread) => receivers.push(thread),
             Err(err) => tracing::error!(%err, "cannot start a UDP receive thread"),
         }
@@ -112,107 +111,6 @@ pub async fn serve_with(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     in_flight.wait(SHUTDOWN_GRACE).await;
-}
-
-/// How often a blocked UDP receive thread looks at the stop flag.
-const RECEIVE_POLL: Duration = Duration::from_millis(100);
-
-/// Starts the receive thread of one UDP socket: a plain thread doing blocking `recvfrom`
-/// and `sendto`, which answers cache hits without going through the async reactor (the
-/// syscalls are the cost of a hit; a wake-up per packet would add to it). Misses are
-/// spawned on the runtime.
-fn udp_receiver(
-    socket: UdpSocket,
-    ctx: &Context,
-    in_flight: &InFlight,
-    stop: &Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let socket = socket.into_std()?;
-    socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(RECEIVE_POLL))?;
-    let runtime = tokio::runtime::Handle::current();
-    let (ctx, in_flight, stop) = (ctx.clone(), in_flight.clone(), Arc::clone(stop));
-    std::thread::Builder::new()
-        .name("dnscore-udp".into())
-        .spawn(move || serve_udp(Arc::new(socket), ctx, in_flight, runtime, stop))
-}
-
-fn serve_udp(
-    socket: Arc<std::net::UdpSocket>,
-    ctx: Context,
-    in_flight: InFlight,
-    runtime: tokio::runtime::Handle,
-    stop: Arc<AtomicBool>,
-) {
-    let counters = ctx.metrics.worker();
-    let mut limiter = ctx.rate_limit.map(ratelimit::RateLimiter::new);
-    let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut out = Vec::with_capacity(MAX_DATAGRAM);
-    while !stop.load(Ordering::Acquire) {
-        let (len, peer) = match socket.recv_from(&mut buf) {
-            Ok(received) => received,
-            Err(err) => {
-                if !matches!(
-                    err.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) {
-                    tracing::debug!(%err, "UDP receive error");
-                }
-                continue;
-            }
-        };
-        if !ctx.access.allows(peer.ip()) {
-            ctx.metrics.refused_clients.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if let Some(limiter) = limiter.as_mut()
-            && !limiter.allow(peer.ip(), std::time::Instant::now())
-        {
-            ctx.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let query = &buf[..len];
-        if ctx.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
-            if dnscore::message::reply_with_rcode(query, NOTIMP, &mut out) {
-                counters.count(Protocol::Udp, query, &out);
-                send(&socket, &out, peer);
-            }
-            continue;
-        }
-        match ctx.resolver.resolve_cached(query, Transport::Udp, &mut out) {
-            Ok(true) => {
-                counters.count(Protocol::Udp, query, &out);
-                send(&socket, &out, peer);
-            }
-            Ok(false) => {
-                let query = query.to_vec();
-                let (socket, ctx, counters) =
-                    (Arc::clone(&socket), ctx.clone(), Arc::clone(&counters));
-                let guard = in_flight.enter(Some(&ctx.metrics));
-                runtime.spawn(async move {
-                    let mut out = Vec::new();
-                    if ctx
-                        .resolver
-                        .resolve_into(&query, Transport::Udp, &mut out)
-                        .await
-                        .is_ok()
-                    {
-                        counters.count(Protocol::Udp, &query, &out);
-                        // A UDP send does not wait for the peer: blocking here is brief.
-                        send(&socket, &out, peer);
-                    }
-                    drop(guard);
-                });
-            }
-            Err(_) => tracing::debug!(%peer, len, "dropped an unanswerable packet"),
-        }
-    }
-}
-
-fn send(socket: &std::net::UdpSocket, msg: &[u8], peer: SocketAddr) {
-    if let Err(err) = socket.send_to(msg, peer) {
-        tracing::debug!(%err, %peer, "UDP send failed");
-    }
 }
 
 async fn serve_tcp(listener: TcpListener, ctx: Context, in_flight: InFlight) {

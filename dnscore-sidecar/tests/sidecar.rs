@@ -154,6 +154,86 @@ async fn bad_packets_are_dropped_or_answered_formerr_and_the_server_survives() {
     sidecar.stop().await;
 }
 
+/// A burst larger than one `recvmmsg` batch, mixing hits, misses, packets to drop and
+/// datagrams longer than any query: every client gets exactly the answer to its own query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_mixed_queries_answers_each_client_its_own() {
+    let up = TestUpstream::start().await.unwrap();
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+    assert!(
+        ask_udp(sidecar.addr, &query(1, "a.test.", RecordType::A, false))
+            .await
+            .is_some()
+    );
+
+    const CLIENTS: u16 = 100; // about three batches of 32
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let sock = StdUdp::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        clients.push(sock);
+    }
+    let name = |i: u16| match i % 3 {
+        0 => "a.test.".to_string(),     // a hit
+        _ => format!("miss-{i}.test."), // a miss (NXDOMAIN upstream)
+    };
+    // Everything is sent before anything is read, so the server finds a full queue.
+    for (i, sock) in (0..CLIENTS).zip(&clients) {
+        if i % 10 == 0 {
+            sock.send_to(&[0u8; 5000], sidecar.addr).unwrap(); // longer than any query
+        }
+        if i % 7 == 0 {
+            sock.send_to(&[0x12, 0x34, 0x01], sidecar.addr).unwrap(); // dropped
+        }
+        sock.send_to(
+            &query(1000 + i, &name(i), RecordType::A, false),
+            sidecar.addr,
+        )
+        .unwrap();
+    }
+    let clients = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65535];
+        for (i, sock) in (0..CLIENTS).zip(&clients) {
+            let len = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("client {i}: {e}"));
+            let answer = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(
+                answer.metadata.id,
+                1000 + i,
+                "client {i} got another's answer"
+            );
+            assert_eq!(answer.queries[0].name().to_ascii(), name(i));
+            let rcode = answer.metadata.response_code;
+            assert_eq!(
+                rcode == ResponseCode::NoError,
+                i % 3 == 0,
+                "client {i}: {rcode}"
+            );
+        }
+        clients
+    })
+    .await
+    .unwrap();
+    // Nothing else arrives: the dropped packets and the long datagrams got no answer.
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 65535];
+        for sock in &clients {
+            sock.set_nonblocking(true).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        for (i, sock) in clients.iter().enumerate() {
+            assert!(
+                sock.recv(&mut buf).is_err(),
+                "client {i} got a second datagram"
+            );
+        }
+    })
+    .await
+    .unwrap();
+    sidecar.stop().await;
+}
+
 /// `dig` falls back to TCP on TC=1, as glibc does; the sidecar must serve both legs.
 #[tokio::test]
 async fn dig_gets_the_whole_answer_through_tcp_fallback() {
