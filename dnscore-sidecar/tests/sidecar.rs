@@ -180,7 +180,10 @@ async fn a_burst_of_mixed_queries_answers_each_client_its_own() {
     // Everything is sent before anything is read, so the server finds a full queue.
     for (i, sock) in (0..CLIENTS).zip(&clients) {
         if i % 10 == 0 {
-            sock.send_to(&[0u8; 5000], sidecar.addr).unwrap(); // longer than any query
+            // A query padded past any real query's length: cut by the read, so dropped.
+            let mut long = query(9999, "a.test.", RecordType::A, false);
+            long.resize(5000, 0);
+            sock.send_to(&long, sidecar.addr).unwrap();
         }
         if i % 7 == 0 {
             sock.send_to(&[0x12, 0x34, 0x01], sidecar.addr).unwrap(); // dropped
@@ -232,6 +235,48 @@ async fn a_burst_of_mixed_queries_answers_each_client_its_own() {
     .await
     .unwrap();
     sidecar.stop().await;
+}
+
+/// IPv6 pods (EKS IPv6 clusters): bound on `[::1]` the sidecar answers `::1` clients; bound
+/// on `[::]` (dual stack) it answers a `127.0.0.1` client, whose address arrives v4-mapped.
+#[tokio::test]
+async fn serves_ipv6_and_v4_mapped_loopback_clients() {
+    let up = TestUpstream::start().await.unwrap();
+    for (listen, client) in [("[::1]:0", "[::1]:0"), ("[::]:0", "127.0.0.1:0")] {
+        let udp = UdpSocket::bind(listen).await.unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let tcp = TcpListener::bind(udp.local_addr().unwrap()).await.unwrap();
+        let resolver = Resolver::builder().upstreams([up.addr()]).build().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dnscore_sidecar::serve(udp, tcp, resolver, async {
+            let _ = stopped.await;
+        }));
+        let sock = UdpSocket::bind(client).await.unwrap();
+        let server: SocketAddr = if client.starts_with('[') {
+            format!("[::1]:{port}").parse().unwrap()
+        } else {
+            format!("127.0.0.1:{port}").parse().unwrap()
+        };
+        let mut buf = vec![0u8; 4096];
+        for id in [7, 8] {
+            // The first is a miss (answered by its task), the second a hit (by the batch).
+            sock.send_to(&query(id, "a.test.", RecordType::A, false), server)
+                .await
+                .unwrap();
+            let (len, from) =
+                tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("{listen} gave {client} no answer"))
+                    .unwrap();
+            assert_eq!(from.port(), port);
+            let answer = Message::from_vec(&buf[..len]).unwrap();
+            assert_eq!(answer.metadata.id, id);
+            assert_eq!(answer.answers.len(), 1, "{listen}, query {id}");
+        }
+        let _ = stop.send(());
+        task.await.unwrap();
+    }
+    assert_eq!(up.total_queries(), 2, "one miss per listener");
 }
 
 /// `dig` falls back to TCP on TC=1, as glibc does; the sidecar must serve both legs.
