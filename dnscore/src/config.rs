@@ -251,7 +251,10 @@ impl ResolverBuilder {
     }
 
     /// How many attempts one query may make in all (default: twice the number of upstreams,
-    /// at least 3).
+    /// at least 6). A single upstream that is a Service IP needs them while its DNAT still
+    /// sends some fresh sockets to a dead endpoint. Against a silent upstream the timeouts
+    /// double from one attempt to the next, so six fit in the default deadline from the
+    /// 50 ms floor (sent at 0, 50, 150, 350, 750 and 1550 ms).
     pub fn max_attempts(mut self, attempts: usize) -> Self {
         self.max_attempts = Some(attempts);
         self
@@ -319,7 +322,7 @@ impl ResolverBuilder {
             deadline: self.timeout,
             max_attempts: self
                 .max_attempts
-                .unwrap_or_else(|| (2 * self.upstreams.len()).max(3)),
+                .unwrap_or_else(|| (2 * self.upstreams.len()).max(6)),
             max_failures: self.max_failures,
             probe_interval: self.probe_interval,
             max_probe_interval: self.max_probe_interval.max(self.probe_interval),

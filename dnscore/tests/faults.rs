@@ -264,6 +264,49 @@ async fn slow_and_flapping_upstreams_cost_no_answers() {
     );
 }
 
+/// The sidecar's most common upstream is the kube-dns Service IP alone. When a CoreDNS pod
+/// dies, kube-proxy's DNAT keeps sending some fresh sockets to it until its endpoint is
+/// removed: one upstream that silently loses about a third of the attempts. A lost attempt
+/// must cost a short retry, not teach the resolver that the upstream is slow (whose longer
+/// timeouts would then make an unlucky query wait past the client's patience).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_ip_with_a_dead_endpoint_costs_no_answers() {
+    let _serial = serial();
+    let vip = TestUpstream::start_on([127, 0, 0, 24].into())
+        .await
+        .unwrap();
+    let r = resolver(&[vip.addr()]);
+    // Healthy first, so that the resolver has learnt the RTT.
+    let before = load(&r, RATE, Duration::from_millis(500)).await;
+    vip.set_default_behavior(Behavior::DropOneIn(3));
+    let during = load(&r, RATE, Duration::from_secs(3) * scale()).await;
+    eprintln!("Service IP losing one attempt in three at {RATE} q/s:");
+    eprintln!("  {}", before.line("before"));
+    eprintln!("  {}", during.line("during"));
+    let stats = r.stats();
+    eprintln!(
+        "  attempts {}, timeouts {}, attempt timeout now {:?}",
+        stats.upstreams[0].attempts, stats.upstreams[0].timeouts, stats.upstreams[0].srtt
+    );
+    assert_eq!(before.failures, 0);
+    // A query fails only when all six of its attempts are lost: 1 in 729, about 2 of 1,500
+    // (3 attempts, whose timeouts grew with every loss, failed 3% before the fix).
+    assert!(
+        during.failures * 100 <= during.queries,
+        "{} of {} failed",
+        during.failures,
+        during.queries
+    );
+    // Three lost attempts in a row (1 in 27 queries) cost the floor and two doublings:
+    // 50 + 100 + 200 ms. Waiting near the attempt ceiling (800 ms) means the lost attempts
+    // inflated the timeout of every query.
+    assert!(
+        during.percentile(0.99) < Duration::from_millis(500),
+        "p99 {:?}: lost attempts made the timeouts long",
+        during.percentile(0.99)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servfail_storm_is_absorbed_by_the_other_pods() {
     let _serial = serial();

@@ -2,6 +2,12 @@
 //! consecutive transport failures that marks it down, and a signal that re-drives every
 //! query outstanding on it when it is found dead.
 //!
+//! Two RTT figures are kept. The estimator behind attempt timeouts and hedge delays learns
+//! from answers only (Karn's rule, RFC 6298 §3): an attempt that gets no answer says nothing
+//! of the RTT, and may be a lost packet rather than a slow server (a Service IP whose DNAT
+//! sent that socket to a dead endpoint). Selection's figure also takes the time an attempt
+//! waited in vain, so that a silent or slow upstream is avoided at once.
+//!
 //! Only transport failures count (port closed, connection reset, no answer in time): an
 //! upstream that answers SERVFAIL is alive, and a forged or malformed packet never reaches
 //! here at all, so an attacker cannot take an upstream out of rotation by spraying packets.
@@ -29,12 +35,15 @@ struct State {
     srtt: Option<f64>,
     /// RTT variation in seconds.
     rttvar: f64,
+    /// What selection compares, in seconds: smoothed like SRTT, but raised to the wait of
+    /// an attempt that timed out.
+    selection_rtt: Option<f64>,
     consecutive_failures: u32,
     down: bool,
     /// A probe task is running for this upstream.
     probing: bool,
     last_success: Option<Instant>,
-    /// When SRTT last changed (an answer, or an attempt found slow).
+    /// When selection's RTT last changed (an answer, or an attempt found slow).
     sampled_at: Option<Instant>,
     /// One query has been let through to re-measure a stale SRTT.
     exploring: bool,
@@ -134,6 +143,7 @@ impl Health {
                 s.srtt = Some((1.0 - ALPHA) * srtt + ALPHA * r);
             }
         }
+        s.selection_rtt = Some(s.selection_rtt.map_or(r, |v| (1.0 - ALPHA) * v + ALPHA * r));
         s.consecutive_failures = 0;
         s.last_success = Some(now);
         s.sampled_at = Some(now);
@@ -141,23 +151,24 @@ impl Health {
         std::mem::replace(&mut s.down, false)
     }
 
-    /// An attempt waited `waited` without an answer: the upstream is at least that slow now,
-    /// so raise its SRTT to it (selection then prefers the others). Not a failure.
+    /// An attempt waited `waited` without an answer: the upstream may be that slow now, so
+    /// raise the RTT selection compares to it (selection then prefers the others). SRTT,
+    /// and with it the attempt timeout, is left alone: a lost packet is not an RTT sample.
     pub(crate) fn record_slow(&self, waited: Duration, now: Instant) {
         let mut s = self.state();
         let waited = waited.as_secs_f64();
-        s.srtt = Some(s.srtt.map_or(waited, |srtt| srtt.max(waited)));
+        s.selection_rtt = Some(s.selection_rtt.map_or(waited, |v| v.max(waited)));
         s.sampled_at = Some(now);
         s.exploring = false;
     }
 
-    /// The RTT selection compares: SRTT, or zero once (until the next sample) when the
+    /// The RTT selection compares: SRTT raised by recent vain waits, or zero once (until the next sample) when the
     /// sample is old, so that an upstream avoided for being slow is tried again now and then
     /// by one query (it may have recovered; if it has not, that attempt adds to its failures
     /// until it is marked down and probed). Zero before the first sample: explore.
     pub(crate) fn selection_rtt(&self, now: Instant) -> Duration {
         let mut s = self.state();
-        match (s.srtt, s.sampled_at) {
+        match (s.selection_rtt, s.sampled_at) {
             (None, _) | (_, None) => Duration::ZERO,
             (Some(srtt), Some(at)) => {
                 if now.saturating_duration_since(at) >= SAMPLE_MAX_AGE && !s.exploring {
@@ -200,7 +211,7 @@ impl Health {
         self.state().down
     }
 
-    /// Smoothed RTT, if any answer was seen.
+    /// Smoothed RTT of the answers, if any answer was seen.
     pub(crate) fn srtt(&self) -> Option<Duration> {
         self.state().srtt.map(Duration::from_secs_f64)
     }
@@ -277,6 +288,28 @@ mod tests {
         assert_eq!(histogram.iter().map(|b| b.1).sum::<u64>(), 51);
         assert_eq!(histogram[0], (0.0005, 50), "200 µs answers");
         assert_eq!(histogram[7], (0.1, 1), "the 100 ms answer");
+    }
+
+    #[test]
+    fn a_vain_wait_steers_selection_but_not_the_timeout() {
+        let h = Health::default();
+        let now = Instant::now();
+        let (floor, cap) = (Duration::from_millis(50), Duration::from_millis(800));
+        for _ in 0..20 {
+            h.record_answer(Duration::from_millis(1), now);
+        }
+        assert_eq!(h.attempt_timeout(floor, cap), floor);
+        for _ in 0..5 {
+            h.record_slow(h.attempt_timeout(floor, cap), now);
+        }
+        assert_eq!(
+            h.attempt_timeout(floor, cap),
+            floor,
+            "lost attempts are no samples"
+        );
+        assert_eq!(h.selection_rtt(now), floor, "selection avoids it meanwhile");
+        h.record_answer(Duration::from_millis(1), now);
+        assert!(h.selection_rtt(now) < floor, "and answers bring it back");
     }
 
     #[test]

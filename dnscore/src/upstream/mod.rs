@@ -5,7 +5,10 @@
 //! - the first goes to the upstream the [`Selection`] policy picks among the healthy ones;
 //! - another is launched at once when an attempt fails (port closed, TCP reset, SERVFAIL,
 //!   REFUSED, malformed answer) or is re-driven (its upstream was found dead while the
-//!   attempt waited), when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped),
+//!   attempt waited), when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped;
+//!   doubled after each timeout of this query on an upstream that has answered nothing
+//!   since, as a stub backs off: while it answers other queries, a lost attempt is a lost
+//!   packet, such as a Service IP's DNAT to a dead endpoint, and is retried at once),
 //!   or, as a *hedge*, after about the upstream's p95 RTT if the hedge budget allows (a small
 //!   share of queries, so a slow upstream cannot double the load);
 //! - earlier attempts keep listening: whichever valid answer comes first wins;
@@ -263,6 +266,9 @@ impl Pool {
         let mut next_launch = Instant::now();
         let mut timeout_at = next_launch;
         let mut last_error = None;
+        // Timeouts of this query on a silent upstream: each doubles the next one's timeout.
+        let mut backoff = 0u32;
+        let mut last_launch: Option<(usize, Instant)> = None;
 
         loop {
             let now = Instant::now();
@@ -290,10 +296,23 @@ impl Pool {
                     next_launch = timeout_at;
                     continue;
                 }
+                if outstanding > 0 && !hedge {
+                    // The last attempt timed out. Back off unless its upstream has answered
+                    // other queries since it was sent (then that one packet was lost).
+                    let answered_since = last_launch.is_some_and(|(j, at)| {
+                        ups[j].health.last_success().is_some_and(|t| t > at)
+                    });
+                    if !answered_since {
+                        backoff += 1;
+                    }
+                }
                 let upstream = Arc::clone(&ups[i]);
                 let limit = upstream
                     .health
-                    .attempt_timeout(config.min_attempt_timeout, config.attempt_timeout);
+                    .attempt_timeout(config.min_attempt_timeout, config.attempt_timeout)
+                    .saturating_mul(1 << backoff.min(4))
+                    .min(config.attempt_timeout);
+                last_launch = Some((i, now));
                 let hedge = upstream
                     .health
                     .hedge_delay()

@@ -98,6 +98,11 @@ pub enum Behavior {
     Delay(Duration),
     /// Never answer.
     Drop,
+    /// Never answer a query whose ID is a multiple of this (at least 2), answer the others
+    /// from the zone. A resolver picks a random ID per attempt, so this drops about one
+    /// attempt in that many, as a Service IP does whose DNAT sends some fresh sockets to an
+    /// endpoint that is gone (the stale-conntrack window after a CoreDNS pod dies).
+    DropOneIn(u16),
     /// Answer SERVFAIL.
     ServFail,
     /// Answer REFUSED.
@@ -873,6 +878,12 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
             reply.send_message(&inner, &query, &resp).await;
         }
         Behavior::Drop => {}
+        Behavior::DropOneIn(n) => {
+            if !query.metadata.id.is_multiple_of(n.max(2)) {
+                let resp = inner.answer(&query);
+                reply.send_message(&inner, &query, &resp).await;
+            }
+        }
         Behavior::ServFail | Behavior::Refused => {
             let mut resp = response_skeleton(&query);
             resp.metadata.response_code = if behavior == Behavior::ServFail {
