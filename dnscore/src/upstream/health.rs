@@ -8,6 +8,10 @@
 //! sent that socket to a dead endpoint). Selection's figure also takes the time an attempt
 //! waited in vain, so that a silent or slow upstream is avoided at once.
 //!
+//! The last few local ports that got an answer are kept too ([`GoodPorts`]): behind a
+//! Service IP each of those 5-tuples is pinned by conntrack to an endpoint that was alive a
+//! moment ago, which is where a retry should go while another endpoint is dead.
+//!
 //! Only transport failures count (port closed, connection reset, no answer in time): an
 //! upstream that answers SERVFAIL is alive, and a forged or malformed packet never reaches
 //! here at all, so an attacker cannot take an upstream out of rotation by spraying packets.
@@ -28,6 +32,44 @@ const SAMPLE_MAX_AGE: Duration = Duration::from_secs(2);
 const INITIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// The earliest a hedge is sent.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(5);
+/// Local ports remembered per upstream.
+const GOOD_PORTS: usize = 8;
+/// How long a remembered port is used: well within conntrack's UDP timeout (30 s for an
+/// entry that saw one reply), so that its entry still pins the endpoint that answered.
+const GOOD_PORT_AGE: Duration = Duration::from_secs(10);
+
+/// The local UDP ports whose last exchange with the upstream got a valid answer, newest
+/// first in [`GoodPorts::recent`].
+#[derive(Debug, Default)]
+pub(crate) struct GoodPorts {
+    ring: Mutex<PortRing>,
+}
+
+/// Ports with when they were answered, and the slot the next one goes to.
+type PortRing = ([(u16, Option<Instant>); GOOD_PORTS], usize);
+
+impl GoodPorts {
+    /// `port` just got an answer.
+    pub(crate) fn record(&self, port: u16, now: Instant) {
+        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, next) = &mut *ring;
+        slots[*next] = (port, Some(now));
+        *next = (*next + 1) % GOOD_PORTS;
+    }
+
+    /// The ports answered within [`GOOD_PORT_AGE`], newest first.
+    pub(crate) fn recent(&self, now: Instant) -> Vec<u16> {
+        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (slots, next) = &*ring;
+        (1..=GOOD_PORTS)
+            .map(|back| slots[(next + GOOD_PORTS - back) % GOOD_PORTS])
+            .filter_map(|(port, at)| {
+                at.filter(|&at| now.saturating_duration_since(at) < GOOD_PORT_AGE)
+                    .map(|_| port)
+            })
+            .collect()
+    }
+}
 
 #[derive(Debug, Default)]
 struct State {
@@ -109,6 +151,8 @@ pub(crate) struct Health {
     /// waiting and their queries go elsewhere at once.
     deaths: watch::Sender<u64>,
     pub(crate) counters: Counters,
+    /// Where a retry's socket is bound (see the module documentation).
+    pub(crate) good_ports: GoodPorts,
 }
 
 impl Default for Health {
@@ -117,6 +161,7 @@ impl Default for Health {
             state: Mutex::new(State::default()),
             deaths: watch::Sender::new(0),
             counters: Counters::default(),
+            good_ports: GoodPorts::default(),
         }
     }
 }
@@ -310,6 +355,21 @@ mod tests {
         assert_eq!(h.selection_rtt(now), floor, "selection avoids it meanwhile");
         h.record_answer(Duration::from_millis(1), now);
         assert!(h.selection_rtt(now) < floor, "and answers bring it back");
+    }
+
+    #[test]
+    fn good_ports_are_the_recent_answers_newest_first() {
+        let ports = GoodPorts::default();
+        let now = Instant::now();
+        assert!(ports.recent(now).is_empty());
+        for port in 1000..1010 {
+            ports.record(port, now);
+        }
+        assert_eq!(ports.recent(now), (1002..1010).rev().collect::<Vec<_>>());
+        assert!(
+            ports.recent(now + GOOD_PORT_AGE).is_empty(),
+            "too old to trust"
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! - earlier attempts keep listening: whichever valid answer comes first wins;
 //! - the query ends with the first good answer, when attempts run out, or at the deadline.
 //!
-//! Each attempt is UDP first on a fresh connected socket; a truncated answer is asked
+//! Each attempt is UDP first on a fresh connected socket (a retry to an upstream already
+//! tried by this query binds it to a port that was answered moments ago, whose conntrack
+//! entry behind a Service IP leads to a live endpoint); a truncated answer is asked
 //! again over TCP of the same upstream, and a truncated TCP answer is a failure. Transport
 //! failures mark an upstream down after a few in a row; a probe task (`. IN NS`, with
 //! exponential backoff) brings it back. When every upstream is down they are asked anyway: an
@@ -323,7 +325,10 @@ impl Pool {
                 tokio::spawn(attempt(
                     upstream,
                     Arc::clone(key),
-                    i,
+                    Target {
+                        index: i,
+                        retry: tried[i],
+                    },
                     limit,
                     config.clone(),
                     Arc::clone(&ups),
@@ -374,10 +379,18 @@ impl Pool {
     }
 }
 
+/// Which upstream of the query's list an attempt asks, and whether the query asked it before.
+#[derive(Clone, Copy, Debug)]
+struct Target {
+    index: usize,
+    retry: bool,
+}
+
 /// One attempt at one upstream, reporting to `report`, with its accounting: RTT on an
 /// answer; a failure on a transport error, and a failure plus a raised SRTT (selection then
 /// avoids it) when `slow_after`, the adaptive timeout, passes unanswered; a stop when the
-/// upstream is re-driven.
+/// upstream is re-driven. A retry (the query asked this upstream before) goes from a
+/// recently answered port.
 ///
 /// A timeout never marks the last upstream that is up as down (`others_up`): an upstream
 /// slowed by load answers late but answers, and a late answer marks it up again. An attempt
@@ -385,7 +398,7 @@ impl Pool {
 async fn attempt(
     upstream: Arc<Upstream>,
     key: Arc<[u8]>,
-    index: usize,
+    target: Target,
     slow_after: Duration,
     config: PoolConfig,
     peers: Arc<[Arc<Upstream>]>,
@@ -396,7 +409,7 @@ async fn attempt(
     let mut deaths = health.deaths();
     deaths.borrow_and_update();
     let started = Instant::now();
-    let exchange = exchange(&upstream, Key(&key));
+    let exchange = exchange(&upstream, Key(&key), target.retry);
     tokio::pin!(exchange);
     let ceiling = sleep(config.attempt_timeout);
     tokio::pin!(ceiling);
@@ -439,7 +452,7 @@ async fn attempt(
             () = report.closed(), if timed_out => return,
         }
     };
-    let _ = report.send((index, result));
+    let _ = report.send((target.index, result));
 }
 
 /// Records a transport failure (`hard`: a closed port or a reset; else a timeout) and makes
@@ -485,7 +498,7 @@ async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upst
         let started = Instant::now();
         let reply = tokio::time::timeout(
             config.attempt_timeout,
-            udp::exchange(upstream.addr, Key(&ROOT_NS)),
+            udp::exchange(upstream.addr, Key(&ROOT_NS), &[]),
         )
         .await;
         if let Ok(Ok(_)) = reply {
@@ -509,9 +522,18 @@ async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upst
     upstream.health.probe_ended();
 }
 
-/// UDP, then TCP if the UDP answer was truncated or too large to hold.
-async fn exchange(upstream: &Upstream, key: Key<'_>) -> Result<Answer, UpstreamError> {
-    match udp::exchange(upstream.addr, key).await? {
+/// UDP, then TCP if the UDP answer was truncated or too large to hold. A `retry` binds its
+/// UDP socket to a port that was answered recently, if one is free.
+async fn exchange(upstream: &Upstream, key: Key<'_>, retry: bool) -> Result<Answer, UpstreamError> {
+    let good_ports = &upstream.health.good_ports;
+    let ports = if retry {
+        good_ports.recent(Instant::now())
+    } else {
+        Vec::new()
+    };
+    let (reply, port) = udp::exchange(upstream.addr, key, &ports).await?;
+    good_ports.record(port, Instant::now());
+    match reply {
         udp::Reply::Answer(answer) if !answer.truncated() => Ok(answer),
         udp::Reply::Answer(_) | udp::Reply::TooLarge => match upstream.tcp.exchange(key).await {
             Ok(answer) if answer.truncated() => Err(UpstreamError::TruncatedOverTcp(upstream.addr)),

@@ -98,10 +98,11 @@ pub enum Behavior {
     Delay(Duration),
     /// Never answer.
     Drop,
-    /// Never answer a query whose ID is a multiple of this (at least 2), answer the others
-    /// from the zone. A resolver picks a random ID per attempt, so this drops about one
-    /// attempt in that many, as a Service IP does whose DNAT sends some fresh sockets to an
-    /// endpoint that is gone (the stale-conntrack window after a CoreDNS pod dies).
+    /// Over UDP, never answer a client whose source port is a multiple of this (at least
+    /// 2); answer the others, and TCP, from the zone. A resolver on random ports then loses
+    /// about one attempt in that many, always the same 5-tuples: a Service IP whose DNAT
+    /// has pinned some conntrack entries to an endpoint that is gone (the stale window
+    /// after a CoreDNS pod dies), while a port that was answered stays answered.
     DropOneIn(u16),
     /// Answer SERVFAIL.
     ServFail,
@@ -879,7 +880,9 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
         }
         Behavior::Drop => {}
         Behavior::DropOneIn(n) => {
-            if !query.metadata.id.is_multiple_of(n.max(2)) {
+            let dead =
+                matches!(&reply, Reply::Udp { peer, .. } if peer.port().is_multiple_of(n.max(2)));
+            if !dead {
                 let resp = inner.answer(&query);
                 reply.send_message(&inner, &query, &resp).await;
             }
