@@ -93,20 +93,13 @@ for s in 3 4; do
   else bad "setup $s eviction: $f of $l lookups failed"; fi
 done
 # stale conntrack (server dead, DNAT rule removed later): dnscore with the endpoints listed
-l=$(get 4 stale 4); f=$(get 4 stale 5)
-if num "$l" && [ "$l" -gt 0 ] && [ "$f" = 0 ]; then ok "setup 4 stale endpoint: $l lookups, 0 failed"
-else bad "setup 4 stale endpoint: $f of $l lookups failed"; fi
-# Known dnscore issue (not counted; set STRICT_STALE=1 to count it): with only the Service IP
-# as upstream, one dead endpoint behind it gets the whole upstream marked down and every miss
-# answered SERVFAIL while it is down.
-l=$(get 3 stale 4); f=$(get 3 stale 5); sf=$(get 3 stale 14)
-if num "$l" && [ "$l" -gt 0 ] && [ "$f" = 0 ]; then
-  if [ "${STRICT_STALE:-0}" = 1 ]; then ok "setup 3 stale endpoint: $l lookups, 0 failed"
-  else echo "XPASS setup 3 stale endpoint: $l lookups, 0 failed (known issue fixed? set STRICT_STALE=1)"; fi
-else
-  if [ "${STRICT_STALE:-0}" = 1 ]; then bad "setup 3 stale endpoint: $f of $l lookups failed ($sf SERVFAIL answers)"
-  else echo "XFAIL setup 3 stale endpoint: $f of $l lookups failed, $sf SERVFAIL answers (known dnscore issue, not counted)"; fi
-fi
+# (setup 4) and with the Service IP alone (setup 3, whose retries go from recently answered
+# ports: their conntrack entries lead to live endpoints)
+for s in 4 3; do
+  l=$(get $s stale 4); f=$(get $s stale 5); sf=$(get $s stale 14)
+  if num "$l" && [ "$l" -gt 0 ] && [ "$f" = 0 ]; then ok "setup $s stale endpoint: $l lookups, 0 failed"
+  else bad "setup $s stale endpoint: $f of $l lookups failed ($sf SERVFAIL answers)"; fi
+done
 
 echo "cluster: run took $((SECONDS - start)) s; results in ${res%/results.tsv}"
 echo "cluster: $pass passed, $fail failed"
