@@ -93,6 +93,10 @@ impl Receiver {
     }
 
     fn run(mut self, stop: &AtomicBool) {
+        // Inside the runtime's context, so that a hit near the end of its TTL can spawn the
+        // resolver's prefetch.
+        let runtime = self.runtime.clone();
+        let _context = runtime.enter();
         while !stop.load(Ordering::Acquire) {
             match self.receive() {
                 Ok(()) => {}

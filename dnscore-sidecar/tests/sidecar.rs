@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use dnscore::Resolver;
 use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::rr::rdata::A;
+use dnscore::proto::rr::{Name, RData, RecordType};
 use dnscore_testkit::{Proto, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -277,6 +278,38 @@ async fn serves_ipv6_and_v4_mapped_loopback_clients() {
         task.await.unwrap();
     }
     assert_eq!(up.total_queries(), 2, "one miss per listener");
+}
+
+/// A cache hit answered by a UDP receive thread (a plain thread, not a runtime task) near
+/// the end of its TTL still starts the resolver's background refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_hits_near_the_end_of_the_ttl_are_prefetched() {
+    let up = TestUpstream::start().await.unwrap();
+    up.add_record("pf.test.", RData::A(A::new(192, 0, 2, 77)), 2);
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+    assert!(
+        ask_udp(sidecar.addr, &query(1, "pf.test.", RecordType::A, false))
+            .await
+            .is_some()
+    );
+    // In the last tenth of the 2 s TTL.
+    tokio::time::sleep(Duration::from_millis(1850)).await;
+    let hit = ask_udp(sidecar.addr, &query(2, "pf.test.", RecordType::A, false))
+        .await
+        .unwrap();
+    assert_eq!(hit.answers.len(), 1);
+    for _ in 0..100 {
+        if up.queries("pf.test.", Proto::Udp) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        up.queries("pf.test.", Proto::Udp),
+        2,
+        "refreshed in the background"
+    );
+    sidecar.stop().await;
 }
 
 /// `dig` falls back to TCP on TC=1, as glibc does; the sidecar must serve both legs.

@@ -163,15 +163,19 @@ impl Resolver {
     #[inline]
     fn on_hit(&self, key: &[u8], answer: &Arc<Answer>, now: Instant) {
         self.inner.counters.hits.add(1);
-        if self.inner.serving.prefetch && answer.claim_prefetch(now) {
-            // Outside a runtime (a caller's own thread) there is nowhere to run it: skip.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                self.inner.counters.prefetches.add(1);
-                let (resolver, key) = (self.clone(), key.to_vec());
-                runtime.spawn(async move {
-                    let _ = resolver.fetch(&key).await;
-                });
-            }
+        if !self.inner.serving.prefetch {
+            return;
+        }
+        // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
+        // leave the entry unclaimed for a caller inside one.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && answer.claim_prefetch(now)
+        {
+            self.inner.counters.prefetches.add(1);
+            let (resolver, key) = (self.clone(), key.to_vec());
+            runtime.spawn(async move {
+                let _ = resolver.fetch(&key).await;
+            });
         }
     }
 
