@@ -65,8 +65,8 @@ pub struct InjectFlags {
     /// Force this ndots option [default: keep the pod's, else 5].
     #[arg(long)]
     pub ndots: Option<u8>,
-    /// Seconds the sidecar keeps answering after SIGTERM [default: 5; 30 on spot nodes].
-    #[arg(long)]
+    /// Seconds the sidecar keeps answering after SIGTERM, 0 to 3600 [default: 5].
+    #[arg(long, value_parser = lameduck_seconds)]
     pub lameduck: Option<f64>,
     /// Address of the sidecar's metrics and probes; must be reachable by the kubelet
     /// [default: 0.0.0.0:9153].
@@ -79,6 +79,14 @@ pub struct InjectFlags {
     /// bind port 53 some other way).
     #[arg(long)]
     pub no_unprivileged_port_sysctl: bool,
+}
+
+/// `--lameduck` of `inject`: the range the sidecar itself accepts (NaN is refused).
+fn lameduck_seconds(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err("seconds between 0 and 3600".into()),
+    }
 }
 
 impl InjectFlags {
@@ -104,7 +112,7 @@ impl InjectFlags {
             o.ndots = self.ndots;
         }
         if let Some(seconds) = self.lameduck {
-            o.lameduck = Duration::from_secs_f64(seconds.clamp(0.0, 3600.0));
+            o.lameduck = Duration::from_secs_f64(seconds);
         }
         if let Some(addr) = self.metrics_listen {
             o.metrics_listen = addr;

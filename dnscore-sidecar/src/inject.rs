@@ -515,9 +515,10 @@ impl Doc<'_> {
             .and_then(Value::as_str)
             .unwrap_or(&self.options.namespace)
             .to_owned();
-        let opted_out = opted_out(object);
+        // The annotation counts on the workload's own metadata and on its pod template's.
+        let workload_opted_out = opted_out(object);
         let template = self.descend(object, template_path, &report)?;
-        report.outcome = if opted_out || opted_out_template(template) {
+        report.outcome = if workload_opted_out || opted_out(template) {
             Outcome::Skipped(SkipReason::OptedOut)
         } else {
             self.pod_template(template, &namespace, &mut report)?
@@ -733,7 +734,7 @@ impl Doc<'_> {
                 {
                     report
                         .notes
-                        .push(format!("raised {UNPRIVILEGED_PORT_SYSCTL} to 53"));
+                        .push(format!("lowered {UNPRIVILEGED_PORT_SYSCTL} to 53"));
                     sysctls[at] = wanted();
                 }
             }
@@ -768,14 +769,8 @@ fn skip_reason(spec: &Mapping) -> Option<SkipReason> {
     }
 }
 
-fn opted_out(object: &Mapping) -> bool {
-    object
-        .get("metadata")
-        .and_then(Value::as_mapping)
-        .is_some_and(opted_out_template)
-}
-
-fn opted_out_template(template: &Mapping) -> bool {
+/// Whether an object (a workload, or a pod template) carries `dnscore.io/inject: disabled`.
+fn opted_out(template: &Mapping) -> bool {
     template
         .get("metadata")
         .and_then(|m| m.get("annotations"))

@@ -211,6 +211,12 @@ impl Collector for Snapshot {
             "Packets dropped from clients not allowed",
             m.refused_clients.load(Ordering::Relaxed),
         )?;
+        counter(
+            &mut encoder,
+            "rate_limited",
+            "Packets dropped from clients over their rate limit",
+            m.rate_limited.load(Ordering::Relaxed),
+        )?;
 
         let s = self.resolver.stats();
         counter(

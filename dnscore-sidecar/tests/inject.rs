@@ -171,7 +171,7 @@ fn ndots(spec: &PodSpec) -> String {
 fn every_workload_kind_gets_the_native_sidecar_and_stays_a_valid_typed_object() {
     let report = inject(APP, &InjectOptions::default()).unwrap();
     let docs = documents(&report.output);
-    assert_eq!(docs.len(), 11, "no document is lost or added");
+    assert_eq!(docs.len(), 12, "no document is lost or added");
     for (kind_, name_, namespace) in [
         ("Deployment", "web", "shop"),
         ("StatefulSet", "db", "default"),
@@ -238,6 +238,10 @@ fn other_kinds_and_skipped_pods_are_copied_byte_for_byte() {
         Outcome::Skipped(SkipReason::CustomNameservers)
     );
     assert_eq!(outcome("legacy"), Outcome::Skipped(SkipReason::OptedOut));
+    assert_eq!(
+        outcome("legacy-batch"),
+        Outcome::Skipped(SkipReason::OptedOut)
+    );
     // A rewritten document keeps its marker and its head comment.
     assert!(
         report
@@ -306,7 +310,7 @@ fn a_pods_own_dns_settings_init_containers_and_sysctls_are_merged_not_replaced()
     assert_eq!(annotations["dnscore.io/injected"].as_str(), Some("true"));
     let db_report = report.objects.iter().find(|o| o.name == "db").unwrap();
     assert!(
-        db_report.notes.iter().any(|n| n.contains("raised")),
+        db_report.notes.iter().any(|n| n.contains("lowered")),
         "{db_report}"
     );
 }

@@ -482,7 +482,7 @@ async fn rate_limit_drops_a_client_over_its_budget() {
     let addr = udp.local_addr().unwrap();
     let tcp = TcpListener::bind(addr).await.unwrap();
     let resolver = Resolver::builder().upstream(up.addr()).build().unwrap();
-    let mut ctx = dnscore_sidecar::Context::new(resolver);
+    let mut ctx = dnscore_sidecar::Context::new(resolver.clone());
     ctx.rate_limit = Some(5);
     let metrics = std::sync::Arc::clone(&ctx.metrics);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -511,6 +511,11 @@ async fn rate_limit_drops_a_client_over_its_budget() {
         "a burst of 5 (and refill): {answered}"
     );
     assert_eq!(limited as usize + answered, 20);
+    let text = dnscore_sidecar::metrics::render(&metrics, &resolver);
+    assert!(
+        text.contains(&format!("dnscore_rate_limited_total {limited}\n")),
+        "/metrics shows the drops"
+    );
     let _ = stop.send(());
     server.await.unwrap();
 }
