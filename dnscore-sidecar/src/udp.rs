@@ -63,10 +63,10 @@ struct Receiver {
     /// What the last `recvmmsg` read: length, sender, and whether it was cut.
     received: Vec<(usize, Option<SocketAddr>, bool)>,
     recv_headers: MultiHeaders<SockaddrStorage>,
-    /// The answers of the current batch and where they go (the first `answered`).
+    /// Answer buffers, and where this batch's answers go: the first `peers.len()` buffers
+    /// hold them.
     answers: Vec<Vec<u8>>,
     peers: Vec<SocketAddrAny>,
-    answered: usize,
 }
 
 impl Receiver {
@@ -88,7 +88,6 @@ impl Receiver {
             recv_headers: MultiHeaders::preallocate(BATCH, None),
             answers: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             peers: Vec::with_capacity(BATCH),
-            answered: 0,
         }
     }
 
@@ -159,8 +158,8 @@ impl Receiver {
             ctx.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let query = &self.queries[range.clone()];
-        let out = &mut self.answers[self.answered];
+        let query = &self.queries[range];
+        let out = &mut self.answers[self.peers.len()];
         let hit = if ctx.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY)
         {
             if !dnscore::message::reply_with_rcode(query, NOTIMP, out) {
@@ -179,9 +178,8 @@ impl Receiver {
         if hit {
             self.counters.count(Protocol::Udp, query, out);
             self.peers.push(SocketAddrAny::from(addr));
-            self.answered += 1;
         } else {
-            self.spawn_miss(self.queries[range].to_vec(), addr);
+            self.spawn_miss(query.to_vec(), addr);
         }
     }
 
@@ -213,7 +211,7 @@ impl Receiver {
     /// Sends this batch's answers, with as few `sendmmsg` calls as the kernel allows: a
     /// message it cannot send (its error comes back on the next call) is skipped.
     fn send_answers(&mut self) {
-        let count = std::mem::take(&mut self.answered);
+        let count = self.peers.len();
         let slices: Vec<[IoSlice<'_>; 1]> = self.answers[..count]
             .iter()
             .map(|answer| [IoSlice::new(answer)])
