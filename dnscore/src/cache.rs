@@ -1,4 +1,6 @@
-//! The answer cache: validated answers by key, bounded, served only while fresh.
+//! The answer cache: validated answers by key, bounded; fresh entries, and past their TTL
+//! the stale ones within the stale window (RFC 8767), which the resolver serves only when
+//! no upstream answers in time.
 //!
 //! Lookups hash the key bytes (built on the stack by `query::parse`) and take one shard's
 //! read lock inside quick_cache, never a lock shared by all threads; a hit clones an `Arc`.

@@ -320,9 +320,7 @@ impl ResolverBuilder {
             min_attempt_timeout: self.min_attempt_timeout,
             attempt_timeout: self.attempt_timeout,
             deadline: self.timeout,
-            max_attempts: self
-                .max_attempts
-                .unwrap_or_else(|| (2 * self.upstreams.len()).max(6)),
+            max_attempts: self.max_attempts,
             max_failures: self.max_failures,
             probe_interval: self.probe_interval,
             max_probe_interval: self.max_probe_interval.max(self.probe_interval),

@@ -52,9 +52,4 @@ impl Resolver {
             tracing::info!(upstreams = ?addrs, "upstream list changed");
         }
     }
-
-    /// The current upstream addresses, in order.
-    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
-        self.stats().upstreams.into_iter().map(|u| u.addr).collect()
-    }
 }

@@ -80,8 +80,9 @@ pub enum UpstreamError {
     /// the query went to another upstream.
     #[error("{0} was found dead while the query waited; re-driven")]
     Redriven(SocketAddr),
-    /// No upstream could be asked for this query (every one was excluded after answering
-    /// it with a failure code). Upstreams marked down are still asked when all are down.
+    /// No upstream could be asked for this query: the list is empty (an excluded upstream
+    /// reports its own failure instead). Upstreams marked down are still asked when all
+    /// are down.
     #[error("no upstream could be asked")]
     AllDown,
     /// Every upstream failed this question moments ago; the failure is cached for a few

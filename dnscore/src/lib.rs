@@ -56,7 +56,8 @@
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
 //!   answers (NXDOMAIN, NODATA) for min(SOA TTL, SOA MINIMUM) (RFC 2308), and not at all
 //!   without an SOA. Both are clamped by the builder's settings; TTLs over 2^31-1 are capped.
-//!   Served TTLs count down. An entry is never served past its TTL.
+//!   Served TTLs count down. An entry is never served past its TTL, except stale under
+//!   RFC 8767 (below) when no upstream answers in time.
 //! - SERVFAIL, REFUSED and other failure codes make the pool try the other upstreams; the
 //!   client gets SERVFAIL only when all have failed (never REFUSED: musl's stub resolver
 //!   ignores it and waits for its timeout), and that failure is remembered for 2 s (RFC 2308

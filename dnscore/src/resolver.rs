@@ -277,6 +277,11 @@ impl Resolver {
         self.inner.cache.set_capacity(entries);
     }
 
+    /// The current upstream addresses, in order.
+    pub fn upstream_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.pool.addrs()
+    }
+
     /// A snapshot of the counters and of each upstream's state.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;

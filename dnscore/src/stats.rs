@@ -64,7 +64,8 @@ pub(crate) struct Counters {
 pub struct Stats {
     /// Queries answered from a fresh cache entry.
     pub cache_hits: u64,
-    /// Queries that found no usable entry (stale ones included) and went upstream.
+    /// Queries that found no fresh entry (stale ones included): they went upstream, or got
+    /// the remembered failure, or a stale answer while its refresh is held off.
     pub cache_misses: u64,
     /// Answers served stale (RFC 8767) because no upstream answered in time.
     pub stale_answers: u64,

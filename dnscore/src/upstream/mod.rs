@@ -63,7 +63,8 @@ pub(crate) struct PoolConfig {
     pub(crate) min_attempt_timeout: Duration,
     pub(crate) attempt_timeout: Duration,
     pub(crate) deadline: Duration,
-    pub(crate) max_attempts: usize,
+    /// `None`: twice the number of upstreams at the time of the query, at least 6.
+    pub(crate) max_attempts: Option<usize>,
     pub(crate) max_failures: u32,
     pub(crate) probe_interval: Duration,
     pub(crate) max_probe_interval: Duration,
@@ -178,6 +179,11 @@ impl Pool {
         }
     }
 
+    /// The upstream addresses, in order.
+    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
+        self.upstreams().iter().map(|u| u.addr).collect()
+    }
+
     /// A snapshot of every upstream's state.
     pub(crate) fn stats(&self) -> Vec<UpstreamStats> {
         self.upstreams()
@@ -255,6 +261,7 @@ impl Pool {
     pub(crate) async fn query(&self, key: &Arc<[u8]>) -> Result<Answer, UpstreamError> {
         let ups = self.upstreams();
         let n = ups.len();
+        let max_attempts = self.config.max_attempts.unwrap_or((2 * n).max(6));
         let config = &self.config;
         let deadline = Instant::now() + config.deadline;
         self.hedges.deposit();
@@ -271,18 +278,20 @@ impl Pool {
         // Timeouts of this query on a silent upstream: each doubles the next one's timeout.
         let mut backoff = 0u32;
         let mut last_launch: Option<(usize, Instant)> = None;
+        // At the deadline: a timeout, named after the last upstream in the list that was tried.
+        let timed_out = |tried: &[bool]| {
+            UpstreamError::Timeout(ups[tried.iter().rposition(|&t| t).unwrap_or(0)].addr)
+        };
 
         loop {
             let now = Instant::now();
             if now >= deadline {
                 // Checked here too, not only in the select below: every path of this loop
                 // must end or wait, whatever the clock says.
-                last_error = Some(UpstreamError::Timeout(
-                    ups[tried.iter().rposition(|&t| t).unwrap_or(0)].addr,
-                ));
+                last_error = Some(timed_out(&tried));
                 break;
             }
-            let may_launch = launched < config.max_attempts;
+            let may_launch = launched < max_attempts;
             if may_launch && (outstanding == 0 || now >= next_launch) {
                 // Before the running attempt's timeout, a new one is a hedge: it needs another
                 // upstream and budget.
@@ -370,7 +379,7 @@ impl Pool {
                 }
                 () = sleep_until(next_launch), if may_launch => {}
                 () = sleep_until(deadline) => {
-                    last_error = Some(UpstreamError::Timeout(ups[tried.iter().rposition(|&t| t).unwrap_or(0)].addr));
+                    last_error = Some(timed_out(&tried));
                     break;
                 }
             }
