@@ -78,3 +78,10 @@ pub(crate) struct UserData(pub(crate) *mut std::ffi::c_void);
 // SAFETY: the async functions document that `user` is passed to the callback on another
 // thread; the caller promises that is sound for what it points to. We never dereference it.
 unsafe impl Send for UserData {}
+
+impl UserData {
+    /// The caller's pointer (a method, so that a closure captures the `Send` wrapper).
+    pub(crate) fn get(&self) -> *mut std::ffi::c_void {
+        self.0
+    }
+}

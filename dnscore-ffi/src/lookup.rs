@@ -181,15 +181,7 @@ pub unsafe extern "C" fn dnscore_lookup_ip_async(
         let family = check_family(family)?;
         let user = UserData(user);
         let fut = lookup(r.resolver().clone(), host.to_owned(), family);
-        r.spawn(timeout_ms, fut, move |result| {
-            let user = user;
-            match result {
-                // SAFETY: `cb` is the caller's callback; the slice lives during the call.
-                Ok(addrs) => unsafe { cb(user.0, 0, addrs.as_ptr(), addrs.len()) },
-                // SAFETY: as above, with no addresses.
-                Err(code) => unsafe { cb(user.0, code.as_int(), std::ptr::null(), 0) },
-            }
-        });
+        r.spawn_callback(timeout_ms, fut, cb, user);
         Ok(())
     })
 }

@@ -179,19 +179,7 @@ pub unsafe extern "C" fn dnscore_resolve_async(
         let user = UserData(user);
         let resolver = r.resolver().clone();
         let fut = async move { Ok(resolver.resolve(&query).await?) };
-        r.spawn(
-            timeout_ms,
-            fut,
-            move |result: Result<Vec<u8>, dnscore_code>| {
-                let user = user;
-                match result {
-                    // SAFETY: `cb` is the caller's callback; the bytes live during the call.
-                    Ok(resp) => unsafe { cb(user.0, 0, resp.as_ptr(), resp.len()) },
-                    // SAFETY: as above, with no response.
-                    Err(code) => unsafe { cb(user.0, code.as_int(), std::ptr::null(), 0) },
-                }
-            },
-        );
+        r.spawn_callback(timeout_ms, fut, cb, user);
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 
-use crate::boundary::{ffi_call_ptr, try_mut, try_ref};
+use crate::boundary::{UserData, ffi_call_ptr, try_mut, try_ref};
 use crate::code::{NewError, dnscore_code, dnscore_error};
 use crate::config::{Config, dnscore_config};
 
@@ -66,21 +66,21 @@ impl dnscore_resolver {
         F: Future<Output = Result<T, dnscore_code>> + Send + 'static,
         T: Send + 'static,
     {
-        let fut = with_timeout(timeout_ms, fut);
         let Ok(current) = Handle::try_current() else {
-            return self.handle.block_on(fut);
+            return self.handle.block_on(with_timeout(timeout_ms, fut));
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.spawn(async move {
+        // `spawn` reports a panic or a cancelled task as an error, like `block_on` above.
+        self.spawn(timeout_ms, fut, move |result| {
             // The receiver only goes away if the waiting thread panicked.
-            let _ = tx.send(fut.await);
+            let _ = tx.send(result);
         });
         let recv = move || rx.recv();
         let received = match current.runtime_flavor() {
             RuntimeFlavor::MultiThread => tokio::task::block_in_place(recv),
             _ => recv(),
         };
-        // The sender is dropped unsent only when the task was: the runtime is shutting down.
+        // `spawn` always reports; this is only a fallback.
         received.unwrap_or(Err(dnscore_code::DNSCORE_ESHUTDOWN))
     }
 
@@ -101,6 +101,31 @@ impl dnscore_resolver {
             if let Some(done) = guard.0.take() {
                 done(result);
             }
+        });
+    }
+}
+
+impl dnscore_resolver {
+    /// Spawns `fut` like [`spawn`](Self::spawn) and hands its outcome to the caller's C
+    /// callback `cb`: `(user, 0, items, n)` on success, `(user, code, NULL, 0)` on failure.
+    pub(crate) fn spawn_callback<T, F>(
+        &self,
+        timeout_ms: u32,
+        fut: F,
+        cb: unsafe extern "C" fn(*mut std::ffi::c_void, std::ffi::c_int, *const T, usize),
+        user: UserData,
+    ) where
+        F: Future<Output = Result<Vec<T>, dnscore_code>> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn(timeout_ms, fut, move |result| {
+            let (code, items, n) = match &result {
+                Ok(items) => (0, items.as_ptr(), items.len()),
+                Err(code) => (code.as_int(), std::ptr::null(), 0),
+            };
+            // SAFETY: `cb` is the caller's callback and `user` its pointer, passed back
+            // untouched; `items` is NULL or `n` items that live until `cb` returns.
+            unsafe { cb(user.get(), code, items, n) }
         });
     }
 }
