@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Runs ../shared/bench/peers.sh with our sidecar and the floor (floor.c: a server that does
 # no DNS work, so its CPU per query is the kernel's share alone) as targets, beside the peers.
-# Usage, from the repo root: bash benches/floor/run.sh [peers.sh options, e.g. --workloads hot]
+# Usage, from the repo root, as root (peers.sh installs the peers unless --no-install):
+#   bash benches/floor/run.sh [peers.sh options, e.g. --workloads hot]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 peers=${PEERS_SH:-$root/../shared/bench/peers.sh}
 work=${FLOOR_WORK:-/tmp/dnscore-floor}
+[ -f "$peers" ] || { echo "floor: needs $peers (or PEERS_SH=...)" >&2; exit 1; }
 mkdir -p "$work"
 gcc -O2 -Wall -Wextra -o "$work/floor" "$root/benches/floor/floor.c"
 (cd "$root" && cargo build --release -p dnscore-sidecar)

@@ -11,9 +11,7 @@
 use std::sync::OnceLock;
 
 use dnscore::fuzzing::upstream_answer;
-use dnscore_fuzz::{
-    HEADER_LEN, answer_target_queries, check_client_answer, flags_of, id_of,
-};
+use dnscore_fuzz::{HEADER_LEN, answer_target_queries, check_client_answer, flags_of, id_of};
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 
