@@ -106,6 +106,10 @@ fn miss(c: &mut Criterion) {
          ({:.2} per batch)",
         asked as f64 / batches.max(1) as f64
     );
+    assert!(
+        asked as u64 <= 2 * batches,
+        "dedup: {asked} upstream queries for {batches} batches"
+    );
 }
 
 /// Starts `DEDUP_CALLERS` identical queries at once; the time until every one is answered.

@@ -2,6 +2,9 @@
 //! a hand-written upstream on loopback that sends exactly the bytes that broke.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dnscore::Resolver;
 use dnscore::proto::op::{Message, MessageType, OpCode, Query};
@@ -17,9 +20,14 @@ fn question_end(query: &[u8]) -> usize {
     pos + 5
 }
 
-/// Asks `alias.test. A` of a resolver on `upstream`; the client's answer must parse.
-async fn answer_must_parse(upstream: std::net::SocketAddr) {
-    let resolver = Resolver::builder().upstream(upstream).build().unwrap();
+/// Asks `alias.test. A` of a resolver on `upstream`; the client's answer must parse, and the
+/// upstream must have sent its crafted answer (else the test proved nothing).
+async fn answer_must_parse((upstream, answered): (std::net::SocketAddr, Arc<AtomicUsize>)) {
+    let resolver = Resolver::builder()
+        .upstream(upstream)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
     let mut q = Message::new(0x4242, MessageType::Query, OpCode::Query);
     q.metadata.recursion_desired = true;
     q.add_query(Query::query(
@@ -32,19 +40,30 @@ async fn answer_must_parse(upstream: std::net::SocketAddr) {
     if let Err(err) = Message::from_vec(&answer) {
         panic!("the client's answer does not parse ({err}): {answer:02x?}");
     }
+    assert!(
+        answered.load(Ordering::Relaxed) >= 1,
+        "the scripted upstream sent its answer"
+    );
 }
 
-/// An upstream on 127.0.0.1 that answers every UDP query with `answer(query)`.
-async fn scripted_upstream(answer: fn(&[u8]) -> Vec<u8>) -> std::net::SocketAddr {
+/// An upstream on 127.0.0.1 that answers every UDP query with `answer(query)`, and counts
+/// the answers it sent (an assertion failing inside `answer` sends none).
+async fn scripted_upstream(
+    answer: fn(&[u8]) -> Vec<u8>,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&answered);
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         while let Ok((len, peer)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&answer(&buf[..len]), peer).await;
+            if socket.send_to(&answer(&buf[..len]), peer).await.is_ok() {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
         }
     });
-    addr
+    (addr, answered)
 }
 
 /// Found by `fuzz/fuzz_targets/upstream_answer.rs` (input kept as
