@@ -291,7 +291,7 @@ async fn check_config_reports_and_rejects() {
         "--allow",
         "--log-format",
         "DNSCORE_LISTEN",
-        "default: 5",
+        "while /ready says 503 [default: 5]",
     ] {
         assert!(help.contains(option), "--help documents {option}");
     }
