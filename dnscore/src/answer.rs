@@ -205,9 +205,15 @@ impl Answer {
     /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
     /// true once.
     pub(crate) fn claim_prefetch(&self, now: Instant) -> bool {
+        self.prefetch_due(now) && !self.prefetched.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether the entry is in the last tenth of its lifetime and not claimed yet (a cheap
+    /// look, before [`claim_prefetch`](Self::claim_prefetch)).
+    pub(crate) fn prefetch_due(&self, now: Instant) -> bool {
         let age = now.saturating_duration_since(self.received).as_millis();
         let lifetime = u128::from(self.lifetime) * 1000;
-        age * 10 >= lifetime * 9 && !self.prefetched.swap(true, Ordering::Relaxed)
+        age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
     }
 
     /// Records that refreshing this (stale) entry failed at `now`.

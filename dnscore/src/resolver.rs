@@ -163,12 +163,12 @@ impl Resolver {
     #[inline]
     fn on_hit(&self, key: &[u8], answer: &Arc<Answer>, now: Instant) {
         self.inner.counters.hits.add(1);
-        if !self.inner.serving.prefetch {
-            return;
-        }
         // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
-        // leave the entry unclaimed for a caller inside one.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+        // leave the entry unclaimed for a caller inside one. The runtime is looked up only
+        // near the end of the TTL (it clones the handle's Arc: not on every hit).
+        if self.inner.serving.prefetch
+            && answer.prefetch_due(now)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
             && answer.claim_prefetch(now)
         {
             self.inner.counters.prefetches.add(1);
