@@ -95,7 +95,10 @@ impl dnscore_resolver {
     {
         let guard = Completion(Some(done), std::marker::PhantomData);
         let fut = with_timeout(timeout_ms, fut);
-        self.handle.spawn(async move {
+        // The task may finish, and its callback free `self`, before `spawn` returns (it still
+        // wakes a worker after queueing the task): spawn through a handle of our own.
+        let handle = self.handle.clone();
+        handle.spawn(async move {
             let mut guard = guard;
             let result = fut.await;
             if let Some(done) = guard.0.take() {
@@ -223,7 +226,9 @@ pub unsafe extern "C" fn dnscore_resolver_new(
 ///
 /// # Safety
 /// `resolver` is NULL or came from `dnscore_resolver_new` and was not freed yet; no other
-/// thread is inside a call on it, and it is not used after this call.
+/// thread is inside a call on it, and it is not used after this call. A callback may free
+/// its resolver, even while the `_async` call that started it has not returned yet: that
+/// call touches the resolver no more once the query is queued.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dnscore_resolver_free(resolver: *mut dnscore_resolver) {
     let _ = crate::boundary::ffi_call(|| {
