@@ -318,33 +318,48 @@ fn resolve_wire_queries() {
     assert_eq!(rc, code(dnscore_code::DNSCORE_ENULL));
 }
 
+/// A `user` pointer for one async call: a boxed clone of `tx` that the callback takes over.
+/// The callback must own its Sender: a borrowed one could be dropped by the test (and the
+/// channel freed) as soon as the message arrives, while the callback is still inside `send`.
+fn sender_for<T>(tx: &mpsc::Sender<T>) -> *mut c_void {
+    Box::into_raw(Box::new(tx.clone())).cast()
+}
+
+/// Takes back a `user` pointer whose call was refused, so its callback never runs.
+fn reclaim<T>(user: *mut c_void) {
+    // SAFETY: made by `sender_for` with the same `T`, and no callback owns it.
+    drop(unsafe { Box::from_raw(user.cast::<mpsc::Sender<T>>()) });
+}
+
 unsafe extern "C" fn on_lookup(
     user: *mut c_void,
     code: c_int,
     addrs: *const dnscore_addr,
     n: usize,
 ) {
-    // SAFETY: `user` is the Sender passed by the test, alive until the callback ran.
-    let tx = unsafe { &*user.cast::<mpsc::Sender<(c_int, Vec<dnscore_addr>)>>() };
+    // SAFETY: `user` is a boxed Sender made by `sender_for` for this one call.
+    let tx = unsafe { Box::from_raw(user.cast::<mpsc::Sender<(c_int, Vec<dnscore_addr>)>>()) };
     let list = if addrs.is_null() {
         Vec::new()
     } else {
         // SAFETY: the ABI gives `n` addresses valid during the call.
         unsafe { std::slice::from_raw_parts(addrs, n) }.to_vec()
     };
-    tx.send((code, list)).unwrap();
+    // The receiver is gone only if the test already failed.
+    let _ = tx.send((code, list));
 }
 
 unsafe extern "C" fn on_resolve(user: *mut c_void, code: c_int, resp: *const u8, len: usize) {
     // SAFETY: as in `on_lookup`.
-    let tx = unsafe { &*user.cast::<mpsc::Sender<(c_int, Vec<u8>)>>() };
+    let tx = unsafe { Box::from_raw(user.cast::<mpsc::Sender<(c_int, Vec<u8>)>>()) };
     let bytes = if resp.is_null() {
         Vec::new()
     } else {
         // SAFETY: the ABI gives `len` bytes valid during the call.
         unsafe { std::slice::from_raw_parts(resp, len) }.to_vec()
     };
-    tx.send((code, bytes)).unwrap();
+    // As in `on_lookup`.
+    let _ = tx.send((code, bytes));
 }
 
 #[test]
@@ -352,11 +367,11 @@ fn async_callbacks() {
     let up = Upstream::start();
     let r = resolver(&up);
     let (tx, rx) = mpsc::channel::<(c_int, Vec<dnscore_addr>)>();
-    let user = ptr::from_ref(&tx).cast_mut().cast::<c_void>();
     for host in [c"a.test", c"nope.test"] {
-        // SAFETY: `tx` outlives the callbacks (we wait for both below).
-        let rc =
-            unsafe { dnscore_lookup_ip_async(r.0, host.as_ptr(), 0, 0, Some(on_lookup), user) };
+        // SAFETY: the callback takes over the boxed Sender.
+        let rc = unsafe {
+            dnscore_lookup_ip_async(r.0, host.as_ptr(), 0, 0, Some(on_lookup), sender_for(&tx))
+        };
         assert_eq!(rc, OK);
     }
     let mut got: Vec<_> = (0..2)
@@ -365,15 +380,25 @@ fn async_callbacks() {
     got.sort_by_key(|(c, _)| *c);
     assert_eq!((got[0].0, got[0].1.len()), (OK, 2));
     assert_eq!(got[1].0, code(dnscore_code::DNSCORE_ENXDOMAIN));
+    let user = sender_for(&tx);
     // SAFETY: a NULL callback is refused, nothing is spawned.
     let rc = unsafe { dnscore_lookup_ip_async(r.0, c"a.test".as_ptr(), 0, 0, None, user) };
     assert_eq!(rc, code(dnscore_code::DNSCORE_ENULL));
+    reclaim::<(c_int, Vec<dnscore_addr>)>(user);
 
     let (tx, rx) = mpsc::channel::<(c_int, Vec<u8>)>();
-    let user = ptr::from_ref(&tx).cast_mut().cast::<c_void>();
     let q = query("b.test.", RecordType::A, 42);
-    // SAFETY: the query is copied; `tx` outlives the callback.
-    let rc = unsafe { dnscore_resolve_async(r.0, q.as_ptr(), q.len(), 0, Some(on_resolve), user) };
+    // SAFETY: the query is copied; the callback takes over the boxed Sender.
+    let rc = unsafe {
+        dnscore_resolve_async(
+            r.0,
+            q.as_ptr(),
+            q.len(),
+            0,
+            Some(on_resolve),
+            sender_for(&tx),
+        )
+    };
     assert_eq!(rc, OK);
     let (c, resp) = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!((c, Message::from_vec(&resp).unwrap().metadata.id), (OK, 42));
@@ -403,12 +428,25 @@ fn timeouts_and_free_with_queries_in_flight() {
     assert!(started.elapsed() < Duration::from_secs(2));
 
     let (tx, rx) = mpsc::channel::<(c_int, Vec<dnscore_addr>)>();
-    let user = ptr::from_ref(&tx).cast_mut().cast::<c_void>();
-    // SAFETY: `tx` outlives the callback: free waits for it.
-    let rc = unsafe { dnscore_lookup_ip_async(r.0, host.as_ptr(), 0, 0, Some(on_lookup), user) };
+    // SAFETY: the callback takes over the boxed Sender.
+    let rc = unsafe {
+        dnscore_lookup_ip_async(r.0, host.as_ptr(), 0, 0, Some(on_lookup), sender_for(&tx))
+    };
     assert_eq!(rc, OK);
+    let freeing = std::time::Instant::now();
     drop(r);
-    let (c, _) = rx.try_recv().expect("callback ran before free returned");
+    // Free waits up to a second for the callback; only a free that waited that long may
+    // return first (a loaded machine), and then the callback still comes, soon.
+    let (c, _) = rx
+        .try_recv()
+        .or_else(|_| {
+            assert!(
+                freeing.elapsed() >= Duration::from_secs(1),
+                "callback ran before free returned"
+            );
+            rx.recv_timeout(Duration::from_secs(5))
+        })
+        .unwrap();
     assert_eq!(c, code(dnscore_code::DNSCORE_ESHUTDOWN));
 }
 
@@ -464,8 +502,10 @@ fn one_resolver_many_threads() {
             });
         }
     });
+    // 400 lookups of two names: two queries, and a few more only if an attempt outlives its
+    // 400 ms on a loaded machine and is retried. Without the cache and dedup, hundreds.
     assert!(
-        up.server.total_queries() <= 4,
+        up.server.total_queries() <= 10,
         "{}",
         up.server.total_queries()
     );
