@@ -270,7 +270,9 @@ struct dnscore_resolver *dnscore_resolver_new(const struct dnscore_config *cfg,
 //
 // # Safety
 // `resolver` is NULL or came from `dnscore_resolver_new` and was not freed yet; no other
-// thread is inside a call on it, and it is not used after this call.
+// thread is inside a call on it, and it is not used after this call. A callback may free
+// its resolver, even while the `_async` call that started it has not returned yet: that
+// call touches the resolver no more once the query is queued.
 void dnscore_resolver_free(struct dnscore_resolver *resolver);
 
 #ifdef __cplusplus
