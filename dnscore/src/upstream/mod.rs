@@ -149,7 +149,10 @@ impl Pool {
     /// those that leave are drained: queries outstanding on them are re-driven at once and
     /// their probes stop (their TCP connections close when the last query lets go).
     pub(crate) fn set_upstreams(&self, addrs: &[SocketAddr]) {
-        let old = self.upstreams();
+        // Held from the read to the write, so two changes at once (a reload and the
+        // discovery loop) cannot bring back an upstream the other marked removed.
+        let mut current = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
+        let old = Arc::clone(&current);
         let mut next: Vec<Arc<Upstream>> = Vec::with_capacity(addrs.len());
         for &addr in addrs {
             if next.iter().any(|u| u.addr == addr) {
@@ -169,7 +172,8 @@ impl Pool {
                 })
             }));
         }
-        *self.upstreams.write().unwrap_or_else(|e| e.into_inner()) = Arc::from(next.clone());
+        *current = Arc::from(next.clone());
+        drop(current);
         for gone in old
             .iter()
             .filter(|u| !next.iter().any(|n| n.addr == u.addr))
