@@ -2,7 +2,8 @@
 //! environment variables (`DNSCORE_CACHE_CAPACITY`) or keys of an optional TOML file
 //! (`cache-capacity = 10000`). A flag wins over the environment, which wins over the file,
 //! which wins over the default. SIGHUP re-reads the file (and resolv.conf) and applies what
-//! can change while serving: upstreams, cache capacity, log level.
+//! can change while serving: upstreams, cache capacity, log level; it names any other
+//! changed setting in a warning, to be applied at the next restart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -242,6 +243,26 @@ pub struct Config {
     pub log: String,
 }
 
+impl Config {
+    /// The settings that differ in `next` but change only on restart (a reload applies
+    /// upstreams, cache capacity and the log filter), by their flag names.
+    pub fn restart_only_changes(&self, next: &Self) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != next.listen),
+            ("metrics-listen", self.metrics_listen != next.metrics_listen),
+            ("workers", self.workers != next.workers),
+            ("discover", self.discover != next.discover),
+            ("lameduck", self.lameduck != next.lameduck),
+            ("allow", self.allow != next.allow),
+            ("rate-limit", self.rate_limit != next.rate_limit),
+            ("log-format", self.log_format != next.log_format),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
 impl Settings {
     /// Reads a TOML file of settings.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -365,6 +386,28 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.listen, "127.0.0.1:53".parse().unwrap());
         assert_eq!(c.metrics_listen, "127.0.0.1:9153".parse().unwrap());
+    }
+
+    #[test]
+    fn a_reload_names_what_waits_for_a_restart() {
+        let running = Settings {
+            upstream: vec!["10.0.0.10:53".parse().unwrap()],
+            ..Settings::default()
+        }
+        .resolve()
+        .unwrap();
+        let mut next = running.clone();
+        next.upstreams = vec!["10.0.0.11:53".parse().unwrap()];
+        next.cache_capacity += 1;
+        next.log = "debug".into();
+        assert!(running.restart_only_changes(&next).is_empty());
+        next.allow = vec!["10.0.0.0/8".parse().unwrap()];
+        next.rate_limit = Some(5);
+        next.workers += 1;
+        assert_eq!(
+            running.restart_only_changes(&next),
+            ["workers", "allow", "rate-limit"]
+        );
     }
 
     #[test]

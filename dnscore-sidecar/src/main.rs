@@ -208,10 +208,9 @@ fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &L
         }
         Err(err) => tracing::error!(%err, "reload: log filter unchanged"),
     }
-    if (next.listen, next.metrics_listen, next.workers)
-        != (running.listen, running.metrics_listen, running.workers)
-    {
-        tracing::warn!("reload: listen addresses and workers change only on restart");
+    let ignored = running.restart_only_changes(&next);
+    if !ignored.is_empty() {
+        tracing::warn!(?ignored, "reload: these settings change only on restart");
     }
     tracing::info!(upstreams = ?next.upstreams, cache_capacity = next.cache_capacity, "reloaded");
 }
