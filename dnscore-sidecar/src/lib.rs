@@ -32,7 +32,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 
 use access::Access;
-use metrics::{Metrics, Protocol, QueryCounters};
+use metrics::{Metrics, Protocol, QueryCounters, Waiting};
 
 /// Simultaneous client TCP connections; past it new ones wait in the listen backlog.
 pub const MAX_TCP_CONNECTIONS: usize = 256;
@@ -214,7 +214,7 @@ where
                     break;
                 };
                 let (query, resolver, tx) = (buf.clone(), ctx.resolver.clone(), tx.clone());
-                let counters = Arc::clone(&counters);
+                let (counters, waiting) = (Arc::clone(&counters), Waiting::new(&ctx.metrics));
                 tokio::spawn(async move {
                     if resolver
                         .resolve_into(&query, Transport::Tcp, &mut out)
@@ -224,7 +224,7 @@ where
                         counters.count(Protocol::Tcp, &query, &out);
                         let _ = tx.send(out).await;
                     }
-                    drop(slot);
+                    drop((slot, waiting));
                 });
             }
             Err(_) => break,
@@ -242,25 +242,14 @@ struct InFlight(Arc<()>);
 /// One unit of work in flight: a query (counted in the `in_flight` gauge) or a connection.
 struct Entered {
     _count: Arc<()>,
-    query: Option<Arc<Metrics>>,
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        if let Some(metrics) = &self.query {
-            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
+    _query: Option<Waiting>,
 }
 
 impl InFlight {
     fn enter(&self, query: Option<&Arc<Metrics>>) -> Entered {
-        if let Some(metrics) = query {
-            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-        }
         Entered {
             _count: Arc::clone(&self.0),
-            query: query.map(Arc::clone),
+            _query: query.map(Waiting::new),
         }
     }
 

@@ -103,6 +103,22 @@ impl Default for Metrics {
     }
 }
 
+/// A client query waiting for an upstream: counted in the `in_flight` gauge while it lives.
+pub(crate) struct Waiting(Arc<Metrics>);
+
+impl Waiting {
+    pub(crate) fn new(metrics: &Arc<Metrics>) -> Self {
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(metrics))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Metrics {
     /// A new counter set for one worker.
     pub fn worker(&self) -> Arc<QueryCounters> {

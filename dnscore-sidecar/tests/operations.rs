@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use dnscore::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use dnscore::proto::rr::{Name, RecordType};
-use dnscore_testkit::TestUpstream;
+use dnscore_testkit::{Behavior, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
@@ -158,6 +158,35 @@ async fn metrics_move_with_traffic() {
         2.0
     );
     assert_eq!(http_get(s.admin, "/nope").await.unwrap().0, 404);
+
+    // Queries waiting for the upstream are in the in_flight gauge, over UDP and TCP alike.
+    let delay = Behavior::Delay(Duration::from_millis(1000));
+    up.set_behavior("slow-udp.test.", delay.clone());
+    up.set_behavior("slow-tcp.test.", delay);
+    let udp = tokio::spawn(ask(s.dns, 1, "slow-udp.test."));
+    let mut tcp = TcpStream::connect(s.dns).await.unwrap();
+    let q = query(2, "slow-tcp.test.");
+    let mut frame = u16::try_from(q.len()).unwrap().to_be_bytes().to_vec();
+    frame.extend_from_slice(&q);
+    tcp.write_all(&frame).await.unwrap();
+    let gauge = || async {
+        let (_, text) = http_get(s.admin, "/metrics").await.unwrap();
+        metric(&text, "dnscore_in_flight ")
+    };
+    let waited = Instant::now();
+    while gauge().await != 2.0 {
+        assert!(
+            waited.elapsed() < Duration::from_millis(800),
+            "never 2 in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(udp.await.unwrap(), Some(ResponseCode::NXDomain));
+    let len = tcp.read_u16().await.unwrap();
+    let mut answer = vec![0; usize::from(len)];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(Message::from_vec(&answer).unwrap().metadata.id, 2);
+    assert_eq!(gauge().await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
