@@ -49,12 +49,13 @@ type Error struct {
 
 // The codes callers most often test for.
 const (
-	CodeNXDomain  = int(C.DNSCORE_ENXDOMAIN)
-	CodeNoData    = int(C.DNSCORE_ENODATA)
-	CodeTimeout   = int(C.DNSCORE_ETIMEOUT)
-	CodeNoAnswer  = int(C.DNSCORE_ENOANSWER)
-	CodeMalformed = int(C.DNSCORE_EMALFORMED)
-	codeNoSpace   = int(C.DNSCORE_ENOSPC)
+	CodeNXDomain   = int(C.DNSCORE_ENXDOMAIN)
+	CodeNoData     = int(C.DNSCORE_ENODATA)
+	CodeTimeout    = int(C.DNSCORE_ETIMEOUT)
+	CodeNoAnswer   = int(C.DNSCORE_ENOANSWER)
+	CodeOverloaded = int(C.DNSCORE_EOVERLOADED)
+	CodeMalformed  = int(C.DNSCORE_EMALFORMED)
+	codeNoSpace    = int(C.DNSCORE_ENOSPC)
 )
 
 func (e *Error) Error() string {
@@ -69,7 +70,9 @@ func (e *Error) Error() string {
 func (e *Error) Timeout() bool { return e.Code == CodeTimeout }
 
 // Temporary reports whether retrying later may succeed.
-func (e *Error) Temporary() bool { return e.Code == CodeTimeout || e.Code == CodeNoAnswer }
+func (e *Error) Temporary() bool {
+	return e.Code == CodeTimeout || e.Code == CodeNoAnswer || e.Code == CodeOverloaded
+}
 
 // ErrClosed is returned by calls on a Resolver after Close.
 var ErrClosed = errors.New("dnscore: resolver is closed")

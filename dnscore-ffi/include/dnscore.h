@@ -59,6 +59,9 @@ enum dnscore_code
   DNSCORE_EMALFORMED = 2006,
   // An upstream's answer could not be read. Retry later.
   DNSCORE_EBADANSWER = 2007,
+  // Too many queries are waiting on upstreams already; this one was refused at once to
+  // bound memory. Retry later.
+  DNSCORE_EOVERLOADED = 2008,
   // A panic was caught inside the library (a bug: please report it).
   DNSCORE_EPANIC = 3001,
   // The resolver is shutting down; the query was abandoned.
@@ -158,7 +161,7 @@ struct dnscore_config dnscore_config_default(void);
 // `cap`). Errors: `DNSCORE_ENULL` (`resolver`, `host` or `n` NULL, or `out` NULL while
 // `cap` is not 0), `DNSCORE_EUTF8`, `DNSCORE_EINVAL` (unknown family), `DNSCORE_EBADNAME`,
 // `DNSCORE_ENXDOMAIN`, `DNSCORE_ENODATA`, `DNSCORE_ETIMEOUT`, `DNSCORE_ENOANSWER`,
-// `DNSCORE_ENOSPC`, `DNSCORE_EPANIC`.
+// `DNSCORE_EOVERLOADED`, `DNSCORE_ENOSPC`, `DNSCORE_EPANIC`.
 //
 // Thread-safe; may be called from a thread inside a tokio runtime.
 //
@@ -248,8 +251,10 @@ int dnscore_resolve_async(const struct dnscore_resolver *resolver,
 // Creates a resolver from `cfg`. Returns NULL on failure and, if `err` is not NULL,
 // writes the reason to `*err` (`err` is written only on failure).
 //
-// Failures: `DNSCORE_ENULL` (`cfg` is NULL), `DNSCORE_ECONFIG` (no upstream, an upstream
-// that is not "IP:PORT", a value out of range), `DNSCORE_ERUNTIME`, `DNSCORE_EPANIC`.
+// Failures: `DNSCORE_ENULL` (`cfg`, `cfg->upstreams` or one of its strings is NULL),
+// `DNSCORE_EUTF8` (an upstream string is not UTF-8), `DNSCORE_ECONFIG` (no upstream, an
+// upstream that is not "IP:PORT", a value out of range), `DNSCORE_ERUNTIME`,
+// `DNSCORE_EPANIC`.
 //
 // May be called from any thread, also one inside a tokio runtime. The caller owns the
 // result and must pass it to `dnscore_resolver_free`.

@@ -41,6 +41,9 @@ pub enum dnscore_code {
     DNSCORE_EMALFORMED = 2006,
     /// An upstream's answer could not be read. Retry later.
     DNSCORE_EBADANSWER = 2007,
+    /// Too many queries are waiting on upstreams already; this one was refused at once to
+    /// bound memory. Retry later.
+    DNSCORE_EOVERLOADED = 2008,
     /// A panic was caught inside the library (a bug: please report it).
     DNSCORE_EPANIC = 3001,
     /// The resolver is shutting down; the query was abandoned.
@@ -73,6 +76,7 @@ impl dnscore_code {
             Self::DNSCORE_EBADNAME => "invalid host name\0",
             Self::DNSCORE_EMALFORMED => "malformed query: not answered\0",
             Self::DNSCORE_EBADANSWER => "unreadable answer from upstream\0",
+            Self::DNSCORE_EOVERLOADED => "resolver overloaded: too many queries in flight\0",
             Self::DNSCORE_EPANIC => "internal panic caught (a bug in dnscore)\0",
             Self::DNSCORE_ESHUTDOWN => "resolver is shutting down\0",
             Self::DNSCORE_ERUNTIME => "could not start the resolver's threads\0",
@@ -81,7 +85,7 @@ impl dnscore_code {
     }
 
     fn from_int(code: c_int) -> Option<Self> {
-        const ALL: [dnscore_code; 17] = [
+        const ALL: [dnscore_code; 18] = [
             dnscore_code::DNSCORE_OK,
             dnscore_code::DNSCORE_ENULL,
             dnscore_code::DNSCORE_EINVAL,
@@ -95,6 +99,7 @@ impl dnscore_code {
             dnscore_code::DNSCORE_EBADNAME,
             dnscore_code::DNSCORE_EMALFORMED,
             dnscore_code::DNSCORE_EBADANSWER,
+            dnscore_code::DNSCORE_EOVERLOADED,
             dnscore_code::DNSCORE_EPANIC,
             dnscore_code::DNSCORE_ESHUTDOWN,
             dnscore_code::DNSCORE_ERUNTIME,
@@ -114,6 +119,7 @@ impl From<dnscore::Error> for dnscore_code {
             Error::NxDomain => Self::DNSCORE_ENXDOMAIN,
             Error::NoAnswer(_) => Self::DNSCORE_ENOANSWER,
             Error::BadAnswer => Self::DNSCORE_EBADANSWER,
+            Error::Overloaded => Self::DNSCORE_EOVERLOADED,
             Error::Shutdown => Self::DNSCORE_ESHUTDOWN,
             _ => Self::DNSCORE_EINTERNAL,
         }
@@ -173,5 +179,27 @@ impl dnscore_error {
             *dst = *src as c_char;
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_core_error_has_its_own_code_and_message() {
+        use dnscore::Error;
+        let cases = [
+            (Error::NoUpstreams, dnscore_code::DNSCORE_ECONFIG),
+            (Error::Malformed, dnscore_code::DNSCORE_EMALFORMED),
+            (Error::NxDomain, dnscore_code::DNSCORE_ENXDOMAIN),
+            (Error::BadAnswer, dnscore_code::DNSCORE_EBADANSWER),
+            (Error::Overloaded, dnscore_code::DNSCORE_EOVERLOADED),
+            (Error::Shutdown, dnscore_code::DNSCORE_ESHUTDOWN),
+        ];
+        for (err, code) in cases {
+            assert_eq!(dnscore_code::from(err), code);
+            assert_eq!(dnscore_code::from_int(code.as_int()), Some(code));
+        }
     }
 }

@@ -107,7 +107,7 @@ async fn lookup(
 /// `cap`). Errors: `DNSCORE_ENULL` (`resolver`, `host` or `n` NULL, or `out` NULL while
 /// `cap` is not 0), `DNSCORE_EUTF8`, `DNSCORE_EINVAL` (unknown family), `DNSCORE_EBADNAME`,
 /// `DNSCORE_ENXDOMAIN`, `DNSCORE_ENODATA`, `DNSCORE_ETIMEOUT`, `DNSCORE_ENOANSWER`,
-/// `DNSCORE_ENOSPC`, `DNSCORE_EPANIC`.
+/// `DNSCORE_EOVERLOADED`, `DNSCORE_ENOSPC`, `DNSCORE_EPANIC`.
 ///
 /// Thread-safe; may be called from a thread inside a tokio runtime.
 ///

@@ -181,8 +181,10 @@ fn shut_down(runtime: Runtime) {
 /// Creates a resolver from `cfg`. Returns NULL on failure and, if `err` is not NULL,
 /// writes the reason to `*err` (`err` is written only on failure).
 ///
-/// Failures: `DNSCORE_ENULL` (`cfg` is NULL), `DNSCORE_ECONFIG` (no upstream, an upstream
-/// that is not "IP:PORT", a value out of range), `DNSCORE_ERUNTIME`, `DNSCORE_EPANIC`.
+/// Failures: `DNSCORE_ENULL` (`cfg`, `cfg->upstreams` or one of its strings is NULL),
+/// `DNSCORE_EUTF8` (an upstream string is not UTF-8), `DNSCORE_ECONFIG` (no upstream, an
+/// upstream that is not "IP:PORT", a value out of range), `DNSCORE_ERUNTIME`,
+/// `DNSCORE_EPANIC`.
 ///
 /// May be called from any thread, also one inside a tokio runtime. The caller owns the
 /// result and must pass it to `dnscore_resolver_free`.

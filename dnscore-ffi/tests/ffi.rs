@@ -463,6 +463,19 @@ fn bad_configs() {
         resolver_for(&[], 0).err().unwrap().code,
         code(dnscore_code::DNSCORE_ECONFIG)
     );
+    for (upstream, expected) in [
+        (c"127.0.0.1:\xff53".as_ptr(), dnscore_code::DNSCORE_EUTF8),
+        (ptr::null(), dnscore_code::DNSCORE_ENULL),
+    ] {
+        let list = [upstream];
+        let mut cfg = dnscore_config_default();
+        cfg.upstreams = list.as_ptr();
+        cfg.upstreams_len = 1;
+        let mut err = dnscore_error::new_zeroed();
+        // SAFETY: `list` outlives the call; its one pointer is NULL or NUL-terminated.
+        assert!(unsafe { dnscore_resolver_new(&cfg, &mut err) }.is_null());
+        assert_eq!(err.code, code(expected));
+    }
     let mut err = dnscore_error::new_zeroed();
     // SAFETY: NULL cfg is checked.
     assert!(unsafe { dnscore_resolver_new(ptr::null(), &mut err) }.is_null());
