@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use dnscore::proto::rr::{Name, RData, RecordType};
-use dnscore::{Error, Resolver, Transport};
+use dnscore::{Error, Resolver, Selection, Transport};
 use dnscore_testkit::{Behavior, Proto, TestUpstream};
 
 fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -293,6 +293,40 @@ async fn servfail_and_refused_are_retried_on_another_upstream() {
             "the sick upstream is asked at most once per query"
         );
     }
+}
+
+/// A retry that fails at once (SERVFAIL) is followed by the next at once, even while the
+/// first attempt still listens for a late answer: the next one is a retry, not a hedge, and
+/// needs no hedge budget.
+#[tokio::test]
+async fn a_retry_that_fails_at_once_is_followed_at_once() {
+    let silent = TestUpstream::start().await.unwrap();
+    silent.set_default_behavior(Behavior::Drop);
+    let failing = TestUpstream::start_on([127, 0, 0, 2].into()).await.unwrap();
+    failing.set_default_behavior(Behavior::ServFail);
+    let good = TestUpstream::start_on([127, 0, 0, 3].into()).await.unwrap();
+    let r = Resolver::builder()
+        .upstreams([silent.addr(), failing.addr(), good.addr()])
+        .selection(Selection::Sequential)
+        .hedge_share(0.0)
+        .min_attempt_timeout(Duration::from_secs(2))
+        .attempt_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let reply = parse(
+        &r.resolve(&query(1, "a.test.", RecordType::A, None))
+            .await
+            .unwrap(),
+    );
+    let took = started.elapsed();
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    let asked = |u: &TestUpstream| u.queries("a.test.", Proto::Udp);
+    assert_eq!((asked(&silent), asked(&failing), asked(&good)), (1, 1, 1));
+    // 2 s for the silent one, then two answers on loopback; waiting out the failed retry's
+    // own 2 s as well (as if it were a hedge without budget) would take 4 s.
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
 #[tokio::test]

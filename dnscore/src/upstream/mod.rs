@@ -5,7 +5,8 @@
 //! - the first goes to the upstream the [`Selection`] policy picks among the healthy ones;
 //! - another is launched at once when an attempt fails (port closed, TCP reset, SERVFAIL,
 //!   REFUSED, malformed answer) or is re-driven (its upstream was found dead while the
-//!   attempt waited), when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped;
+//!   attempt waited) — when the latest attempt fails, its successor is a retry, not a hedge,
+//!   even while earlier attempts still listen —, when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped;
 //!   doubled after each timeout of this query on an upstream that has answered nothing
 //!   since, as a stub backs off: while it answers other queries, a lost attempt is a lost
 //!   packet, such as a Service IP's DNAT to a dead endpoint, and is retried at once),
@@ -281,6 +282,9 @@ impl Pool {
         let mut last_error = None;
         // Timeouts of this query on a silent upstream: each doubles the next one's timeout.
         let mut backoff = 0u32;
+        // The latest attempt failed before its timeout: the next one replaces it (a retry,
+        // not a hedge), even if older attempts still listen for late answers.
+        let mut latest_failed = false;
         let mut last_launch: Option<(usize, Instant)> = None;
         // At the deadline: a timeout, named after the last upstream in the list that was tried.
         let timed_out = |tried: &[bool]| {
@@ -311,7 +315,7 @@ impl Pool {
                     next_launch = timeout_at;
                     continue;
                 }
-                if outstanding > 0 && !hedge {
+                if outstanding > 0 && !hedge && !latest_failed {
                     // The last attempt timed out. Back off unless its upstream has answered
                     // other queries since it was sent (then that one packet was lost).
                     let answered_since = last_launch.is_some_and(|(j, at)| {
@@ -341,6 +345,7 @@ impl Pool {
                     Target {
                         index: i,
                         retry: tried[i],
+                        seq: launched,
                     },
                     limit,
                     config.clone(),
@@ -350,6 +355,7 @@ impl Pool {
                 outstanding += 1;
                 tried[i] = true;
                 launched += 1;
+                latest_failed = false;
                 continue;
             }
             if outstanding == 0 {
@@ -357,7 +363,8 @@ impl Pool {
             }
             tokio::select! {
                 done = attempts.recv() => {
-                    let Some((i, result)) = done else { break };
+                    let Some((target, result)) = done else { break };
+                    let i = target.index;
                     outstanding -= 1;
                     match result {
                         Ok(answer) if answer.is_answer() => return Ok(answer),
@@ -375,8 +382,13 @@ impl Pool {
                             last_error = Some(err);
                         }
                     }
-                    // A failed attempt frees its slot: the next one goes now.
+                    // A failed attempt frees its slot: the next one goes now, and if it was
+                    // the latest, as a retry rather than a hedge.
                     next_launch = Instant::now();
+                    if target.seq + 1 == launched {
+                        timeout_at = next_launch;
+                        latest_failed = true;
+                    }
                     if let Some(err) = &last_error {
                         tracing::debug!(%err, "upstream attempt failed");
                     }
@@ -392,11 +404,13 @@ impl Pool {
     }
 }
 
-/// Which upstream of the query's list an attempt asks, and whether the query asked it before.
+/// Which upstream of the query's list an attempt asks, whether the query asked it before,
+/// and which of the query's attempts it is (0 for the first).
 #[derive(Clone, Copy, Debug)]
 struct Target {
     index: usize,
     retry: bool,
+    seq: usize,
 }
 
 /// One attempt at one upstream, reporting to `report`, with its accounting: RTT on an
@@ -415,7 +429,7 @@ async fn attempt(
     slow_after: Duration,
     config: PoolConfig,
     peers: Arc<[Arc<Upstream>]>,
-    report: mpsc::UnboundedSender<(usize, Result<Answer, UpstreamError>)>,
+    report: mpsc::UnboundedSender<(Target, Result<Answer, UpstreamError>)>,
 ) {
     let health = &upstream.health;
     health.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -465,7 +479,7 @@ async fn attempt(
             () = report.closed(), if timed_out => return,
         }
     };
-    let _ = report.send((target.index, result));
+    let _ = report.send((target, result));
 }
 
 /// Records a transport failure (`hard`: a closed port or a reset; else a timeout) and makes
