@@ -26,6 +26,11 @@ fn parse(bytes: &[u8]) -> Message {
     Message::from_vec(bytes).expect("the resolver's answer parses")
 }
 
+/// Resolves the query `query` builds from these arguments, and parses the reply.
+async fn ask(r: &Resolver, id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Message {
+    parse(&r.resolve(&query(id, name, rtype, edns)).await.unwrap())
+}
+
 fn ipv4s(msg: &Message) -> Vec<IpAddr> {
     msg.answers
         .iter()
@@ -49,21 +54,13 @@ fn resolver(upstreams: &[SocketAddr]) -> Resolver {
 async fn answers_then_serves_repeats_from_the_cache() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
-    let first = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let first = ask(&r, 1, "a.test.", RecordType::A, None).await;
     assert_eq!(first.metadata.id, 1);
     assert_eq!(first.metadata.response_code, ResponseCode::NoError);
     assert_eq!(ipv4s(&first), vec![IpAddr::from([192, 0, 2, 1])]);
     assert!(first.metadata.recursion_available);
     for id in 2..10 {
-        let again = parse(
-            &r.resolve(&query(id, "A.TEST.", RecordType::A, None))
-                .await
-                .unwrap(),
-        );
+        let again = ask(&r, id, "A.TEST.", RecordType::A, None).await;
         assert_eq!(again.metadata.id, id);
         assert_eq!(ipv4s(&again), vec![IpAddr::from([192, 0, 2, 1])]);
     }
@@ -144,11 +141,7 @@ async fn cancelling_the_first_caller_does_not_cancel_the_shared_query() {
 async fn truncated_udp_answer_is_asked_again_over_tcp_and_cached_whole() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
-    let full = parse(
-        &r.resolve(&query(1, "big.test.", RecordType::TXT, None))
-            .await
-            .unwrap(),
-    );
+    let full = ask(&r, 1, "big.test.", RecordType::TXT, None).await;
     assert!(!full.metadata.truncation);
     assert!(
         full.answers.len() >= 20,
@@ -195,11 +188,7 @@ async fn many_truncated_answers_share_at_most_two_tcp_connections() {
         let r = r.clone();
         tasks.push(tokio::spawn(async move {
             let name = format!("n{i}.test.");
-            parse(
-                &r.resolve(&query(i, &name, RecordType::A, None))
-                    .await
-                    .unwrap(),
-            )
+            ask(&r, i, &name, RecordType::A, None).await
         }));
     }
     for task in tasks {
@@ -221,11 +210,7 @@ async fn truncated_over_tcp_ends_in_servfail_not_a_loop() {
     let up = TestUpstream::start().await.unwrap();
     up.set_default_behavior(Behavior::TruncateAlways);
     let r = resolver(&[up.addr()]);
-    let reply = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 1, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert_eq!(
         up.queries("a.test.", Proto::Tcp),
@@ -253,11 +238,7 @@ async fn closed_upstream_is_skipped_at_once() {
     let started = std::time::Instant::now();
     for i in 0..50 {
         let name = format!("n{i}.test.");
-        let reply = parse(
-            &r.resolve(&query(i, &name, RecordType::A, None))
-                .await
-                .unwrap(),
-        );
+        let reply = ask(&r, i, &name, RecordType::A, None).await;
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
     }
     assert!(
@@ -276,11 +257,7 @@ async fn servfail_and_refused_are_retried_on_another_upstream() {
         let r = resolver(&[sick.addr(), well.addr()]);
         for i in 0..20 {
             let name = format!("n{i}.test.");
-            let reply = parse(
-                &r.resolve(&query(i, &name, RecordType::A, None))
-                    .await
-                    .unwrap(),
-            );
+            let reply = ask(&r, i, &name, RecordType::A, None).await;
             assert_eq!(
                 reply.metadata.response_code,
                 ResponseCode::NXDomain,
@@ -315,11 +292,7 @@ async fn a_retry_that_fails_at_once_is_followed_at_once() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let reply = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 1, "a.test.", RecordType::A, None).await;
     let took = started.elapsed();
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     let asked = |u: &TestUpstream| u.queries("a.test.", Proto::Udp);
@@ -334,11 +307,7 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
     let up = TestUpstream::start().await.unwrap();
     up.set_default_behavior(Behavior::Refused);
     let r = resolver(&[up.addr()]);
-    let reply = parse(
-        &r.resolve(&query(7, "a.test.", RecordType::A, Some(1232)))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 7, "a.test.", RecordType::A, Some(1232)).await;
     assert_eq!(reply.metadata.id, 7);
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(reply.edns.is_some(), "the client's EDNS is answered");
@@ -348,11 +317,7 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
     // failing server...
     up.set_default_behavior(Behavior::Normal);
     for id in 8..20 {
-        let reply = parse(
-            &r.resolve(&query(id, "a.test.", RecordType::A, None))
-                .await
-                .unwrap(),
-        );
+        let reply = ask(&r, id, "a.test.", RecordType::A, None).await;
         assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     }
     assert_eq!(up.total_queries(), asked);
@@ -360,11 +325,7 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
     tokio::time::pause();
     tokio::time::advance(dnscore::DEFAULT_FAILURE_TTL).await;
     tokio::time::resume();
-    let reply = parse(
-        &r.resolve(&query(30, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 30, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
     assert_eq!(r.stats().failures, 13);
 }
@@ -381,11 +342,7 @@ async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
         .build()
         .unwrap();
     let started = std::time::Instant::now();
-    let reply = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 1, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -399,11 +356,7 @@ async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
     // All upstreams down: asked anyway (a Service IP may lead elsewhere next time), and a
     // refusing one still fails at once.
     let started = std::time::Instant::now();
-    let reply = parse(
-        &r.resolve(&query(2, "b.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 2, "b.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(r.stats().upstreams[0].attempts > 3);
@@ -422,11 +375,7 @@ async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
         back.queries(".", Proto::Udp) >= 1,
         "the probe asked the root NS"
     );
-    let reply = parse(
-        &r.resolve(&query(3, "b.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 3, "b.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
 }
 
@@ -443,11 +392,7 @@ async fn a_silent_last_upstream_is_not_marked_down() {
         .failure_ttl(Duration::ZERO)
         .build()
         .unwrap();
-    let reply = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 1, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     // Every 100 ms (the attempt ceiling) until the 500 ms deadline, at most 6 attempts.
     let asked = up.queries("a.test.", Proto::Udp);
@@ -457,11 +402,7 @@ async fn a_silent_last_upstream_is_not_marked_down() {
     );
     assert!(r.stats().upstreams[0].healthy);
     up.set_default_behavior(Behavior::Normal);
-    let reply = parse(
-        &r.resolve(&query(2, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 2, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
 }
 
@@ -470,17 +411,9 @@ async fn forged_answers_are_ignored_and_never_cached() {
     let up = TestUpstream::start().await.unwrap();
     up.set_behavior("a.test.", Behavior::ForgeFirst);
     let r = resolver(&[up.addr()]);
-    let reply = parse(
-        &r.resolve(&query(1, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let reply = ask(&r, 1, "a.test.", RecordType::A, None).await;
     assert_eq!(ipv4s(&reply), vec![IpAddr::from([192, 0, 2, 1])]);
-    let cached = parse(
-        &r.resolve(&query(2, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let cached = ask(&r, 2, "a.test.", RecordType::A, None).await;
     assert_eq!(ipv4s(&cached), vec![IpAddr::from([192, 0, 2, 1])]);
     assert!(cached.answers.iter().all(|rec| rec.ttl <= 300));
     assert_eq!(up.total_queries(), 1);
@@ -491,21 +424,13 @@ async fn negative_answers_are_cached_for_the_soa_minimum() {
     let up = TestUpstream::start().await.unwrap();
     let r = resolver(&[up.addr()]);
     for id in 0..3 {
-        let nx = parse(
-            &r.resolve(&query(id, "nope.test.", RecordType::A, None))
-                .await
-                .unwrap(),
-        );
+        let nx = ask(&r, id, "nope.test.", RecordType::A, None).await;
         assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
         assert!(
             nx.authorities.iter().all(|s| s.ttl <= 60),
             "SOA TTL is the negative TTL"
         );
-        let nodata = parse(
-            &r.resolve(&query(id, "b.test.", RecordType::AAAA, None))
-                .await
-                .unwrap(),
-        );
+        let nodata = ask(&r, id, "b.test.", RecordType::AAAA, None).await;
         assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
         assert!(nodata.answers.is_empty());
     }
@@ -524,11 +449,7 @@ async fn ttls_count_down_and_expired_entries_are_asked_again() {
         .unwrap();
     tokio::time::pause();
     tokio::time::advance(Duration::from_secs(100)).await;
-    let later = parse(
-        &r.resolve(&query(2, "a.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let later = ask(&r, 2, "a.test.", RecordType::A, None).await;
     let ttl = later.answers[0].ttl;
     assert!(
         (199..=200).contains(&ttl),
@@ -536,11 +457,7 @@ async fn ttls_count_down_and_expired_entries_are_asked_again() {
     );
     tokio::time::resume();
     // short.test has TTL 1: long expired after 100 s.
-    let again = parse(
-        &r.resolve(&query(3, "short.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let again = ask(&r, 3, "short.test.", RecordType::A, None).await;
     assert_eq!(again.metadata.response_code, ResponseCode::NoError);
     assert_eq!(up.queries("short.test.", Proto::Udp), 2);
     assert_eq!(up.queries("a.test.", Proto::Udp), 1);
@@ -676,11 +593,7 @@ async fn tcp_death_mid_stream_is_retried_on_another_upstream() {
     let mut died = 0;
     for i in 0..30 {
         let name = format!("n{i}.test.");
-        let reply = parse(
-            &r.resolve(&query(i, &name, RecordType::A, None))
-                .await
-                .unwrap(),
-        );
+        let reply = ask(&r, i, &name, RecordType::A, None).await;
         assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
         died += dying.queries(&name, Proto::Tcp);
     }
@@ -776,11 +689,7 @@ async fn popular_entries_are_prefetched_before_they_expire() {
         .unwrap();
     tokio::time::pause();
     tokio::time::advance(Duration::from_millis(9_500)).await;
-    let hit = parse(
-        &r.resolve(&query(2, "pf.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let hit = ask(&r, 2, "pf.test.", RecordType::A, None).await;
     assert_eq!(
         hit.answers[0].ttl, 1,
         "still the old entry, in its last second"
@@ -799,11 +708,7 @@ async fn popular_entries_are_prefetched_before_they_expire() {
     );
     tokio::time::pause();
     tokio::time::advance(Duration::from_millis(1_000)).await;
-    let later = parse(
-        &r.resolve(&query(3, "pf.test.", RecordType::A, None))
-            .await
-            .unwrap(),
-    );
+    let later = ask(&r, 3, "pf.test.", RecordType::A, None).await;
     assert!(
         later.answers[0].ttl >= 8,
         "the refreshed entry: {}",
