@@ -15,12 +15,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use dnscore::Resolver;
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query};
-use dnscore::proto::rr::{Name, RData, RecordType, rdata::A};
+use dnscore::proto::rr::{RData, RecordType, rdata::A};
 use dnscore_testkit::TestUpstream;
 
 /// Counts the bytes allocated minus freed on threads that set [`COUNTING`].
@@ -70,11 +68,7 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.set_edns(Edns::new());
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, RecordType::A, Some(512))
 }
 
 fn rss_bytes() -> Option<usize> {

@@ -14,14 +14,12 @@
 //! Run: `cargo bench -p dnscore-benches --bench miss`
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dnscore::Resolver;
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query};
-use dnscore::proto::rr::{Name, RData, RecordType, rdata::A};
+use dnscore::proto::rr::{RData, RecordType, rdata::A};
 use dnscore_testkit::TestUpstream;
 use tokio::net::UdpSocket;
 
@@ -29,11 +27,7 @@ use tokio::net::UdpSocket;
 const DEDUP_CALLERS: usize = 1_000;
 
 fn query(name: &str) -> Vec<u8> {
-    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.set_edns(Edns::new());
-    m.to_vec().unwrap()
+    dnscore_testkit::query(0x1234, name, RecordType::A, Some(512))
 }
 
 async fn ask_direct(upstream: SocketAddr, q: &[u8]) -> usize {

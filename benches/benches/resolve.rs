@@ -13,24 +13,18 @@
 //!
 //! Run: `cargo bench -p dnscore-benches --bench resolve`
 
-use std::str::FromStr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::rr::RecordType;
 use dnscore::{Resolver, Transport};
 use dnscore_testkit::TestUpstream;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 
 fn query(name: &str) -> Vec<u8> {
-    let mut m = Message::new(0x1234, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.set_edns(Edns::new());
-    m.to_vec().unwrap()
+    dnscore_testkit::query(0x1234, name, RecordType::A, Some(512))
 }
 
 fn cache_hit(c: &mut Criterion) {

@@ -10,8 +10,8 @@ use std::ptr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use dnscore::proto::op::{Message, Query};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::op::Message;
+use dnscore::proto::rr::RecordType;
 use dnscore_ffi::*;
 use dnscore_testkit::TestUpstream;
 
@@ -146,11 +146,7 @@ fn ip(a: &dnscore_addr) -> std::net::IpAddr {
 }
 
 fn query(name: &str, rtype: RecordType, id: u16) -> Vec<u8> {
-    let mut msg = Message::query();
-    msg.metadata.id = id;
-    msg.metadata.recursion_desired = true;
-    msg.add_query(Query::query(Name::from_ascii(name).unwrap(), rtype));
-    msg.to_vec().unwrap()
+    dnscore_testkit::query(id, name, rtype, None)
 }
 
 fn resolve(r: &Resolver, q: &[u8], cap: usize) -> (c_int, Vec<u8>, usize) {

@@ -5,23 +5,16 @@
 //! Run: `cargo run --release -p dnscore-sidecar --example demo`
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use dnscore::Resolver;
-use dnscore::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::op::{Message, ResponseCode};
+use dnscore::proto::rr::RecordType;
 use dnscore_testkit::{Behavior, TestUpstream};
 use tokio::net::{TcpListener, UdpSocket};
 
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(
-        Name::from_str(name).expect("valid name"),
-        RecordType::A,
-    ));
-    m.to_vec().expect("encodable query")
+    dnscore_testkit::query(id, name, RecordType::A, None)
 }
 
 /// One UDP query from a fresh client socket; the answer's rcode and the time it took.

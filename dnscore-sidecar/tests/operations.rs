@@ -5,21 +5,17 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dnscore::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::op::{Message, ResponseCode};
+use dnscore::proto::rr::RecordType;
 use dnscore_testkit::{Behavior, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
 
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, RecordType::A, None)
 }
 
 fn free_port() -> u16 {

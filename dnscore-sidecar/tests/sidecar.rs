@@ -2,26 +2,19 @@
 
 use std::net::{SocketAddr, UdpSocket as StdUdp};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
 use std::time::Duration;
 
 use dnscore::Resolver;
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use dnscore::proto::op::{Message, ResponseCode};
 use dnscore::proto::rr::rdata::A;
-use dnscore::proto::rr::{Name, RData, RecordType};
+use dnscore::proto::rr::{RData, RecordType};
 use dnscore_testkit::{Proto, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::oneshot;
 
 fn query(id: u16, name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
-    if edns {
-        m.set_edns(Edns::new());
-    }
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, rtype, edns.then_some(512))
 }
 
 struct Sidecar {

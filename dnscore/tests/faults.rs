@@ -10,24 +10,17 @@
 #![allow(clippy::await_holding_lock)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use dnscore::proto::op::{Message, ResponseCode};
 use dnscore::proto::rr::rdata::A;
-use dnscore::proto::rr::{Name, RData, RecordType};
+use dnscore::proto::rr::{RData, RecordType};
 use dnscore::{Resolver, Transport};
 use dnscore_testkit::{Behavior, Proto, TestUpstream};
 
 fn query(id: u16, name: &str, edns: bool) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    if edns {
-        m.set_edns(Edns::new());
-    }
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, RecordType::A, edns.then_some(512))
 }
 
 fn scale() -> u32 {

@@ -4,23 +4,19 @@
 //! resolver must take the real answer, and only that.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dnscore::Resolver;
-use dnscore::proto::op::{Message, MessageType, OpCode, Query};
+use dnscore::proto::op::Message;
 use dnscore::proto::rr::rdata::A;
-use dnscore::proto::rr::{Name, RData, Record, RecordType};
+use dnscore::proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
 fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), RecordType::A));
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, RecordType::A, None)
 }
 
 /// The answer to `query` with one A record per address, TC set if `truncated`.

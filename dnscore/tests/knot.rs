@@ -5,11 +5,10 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use dnscore::proto::rr::{Name, RecordType};
+use dnscore::proto::op::{Message, ResponseCode};
+use dnscore::proto::rr::RecordType;
 use dnscore::{Resolver, Transport};
 
 const ZONE: &str = r#"$ORIGIN cluster.local.
@@ -128,13 +127,7 @@ fn free_port() -> u16 {
 }
 
 fn query(name: &str, rtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new(0x5151, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
-    let mut edns = Edns::new();
-    edns.set_max_payload(1232);
-    m.set_edns(edns);
-    m.to_vec().unwrap()
+    dnscore_testkit::query(0x5151, name, rtype, Some(1232))
 }
 
 /// The answer section as comparable text: owner (lower-cased), type and data, sorted.

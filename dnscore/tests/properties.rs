@@ -56,11 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn query(id: u16, name: &str, rtype: RecordType) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
-    m.set_edns(Edns::new());
-    m.to_vec().unwrap()
+    dnscore_testkit::query(id, name, rtype, Some(512))
 }
 
 /// What the model remembers of a cached answer.

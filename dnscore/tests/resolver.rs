@@ -2,25 +2,12 @@
 //! proved by what the upstream saw.
 
 use std::net::{IpAddr, SocketAddr};
-use std::str::FromStr;
 use std::time::Duration;
 
-use dnscore::proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
-use dnscore::proto::rr::{Name, RData, RecordType};
+use dnscore::proto::op::{Message, ResponseCode};
+use dnscore::proto::rr::{RData, RecordType};
 use dnscore::{Error, Resolver, Selection, Transport};
-use dnscore_testkit::{Behavior, Proto, TestUpstream};
-
-fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
-    m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_str(name).unwrap(), rtype));
-    if let Some(size) = edns {
-        let mut e = Edns::new();
-        e.set_max_payload(size);
-        m.set_edns(e);
-    }
-    m.to_vec().unwrap()
-}
+use dnscore_testkit::{Behavior, Proto, TestUpstream, query};
 
 fn parse(bytes: &[u8]) -> Message {
     Message::from_vec(bytes).expect("the resolver's answer parses")

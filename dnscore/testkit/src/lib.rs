@@ -64,6 +64,26 @@ const FORGED_NAME: &str = "forged.invalid.";
 /// Pause after an unexpected socket error, so that a persistent error cannot spin a loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(1);
 
+/// A recursive query for `name` and `rtype` with this ID, in wire form as a client sends
+/// it; with an OPT record advertising `edns` bytes when given (hickory's default is 512).
+///
+/// # Panics
+/// If `name` is not a valid DNS name (it is test input).
+pub fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        Name::from_ascii(name).expect("a valid test name"),
+        rtype,
+    ));
+    if let Some(size) = edns {
+        let mut e = Edns::new();
+        e.set_max_payload(size);
+        m.set_edns(e);
+    }
+    m.to_vec().expect("an encodable query")
+}
+
 /// The transport a query arrived over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
