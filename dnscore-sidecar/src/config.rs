@@ -427,6 +427,8 @@ mod tests {
         assert_eq!(cgroup_cpus("50000 100000\n"), Some(1));
         assert_eq!(cgroup_cpus("150000 100000\n"), Some(2));
         assert_eq!(cgroup_cpus("400000 100000"), Some(4));
-        assert!(available_cpus() >= 1);
+        // Never more than the CPUs this process may run on, whatever the cgroup says.
+        let affinity = std::thread::available_parallelism().map_or(1, usize::from);
+        assert!((1..=affinity).contains(&available_cpus()));
     }
 }
