@@ -2,8 +2,9 @@
 //! environment variables (`DNSCORE_CACHE_CAPACITY`) or keys of an optional TOML file
 //! (`cache-capacity = 10000`). A flag wins over the environment, which wins over the file,
 //! which wins over the default. SIGHUP re-reads the file (and resolv.conf) and applies what
-//! can change while serving: upstreams, cache capacity, log level; it names any other
-//! changed setting in a warning, to be applied at the next restart.
+//! can change while serving: upstreams (unless --discover follows them), cache capacity,
+//! log level; it names any other changed setting in a warning, to be applied at the next
+//! restart.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -245,9 +246,14 @@ pub struct Config {
 
 impl Config {
     /// The settings that differ in `next` but change only on restart (a reload applies
-    /// upstreams, cache capacity and the log filter), by their flag names.
+    /// upstreams, cache capacity and the log filter), by their flag names. With `discover`,
+    /// the upstream list is discovery's: the configured upstreams (its fallback) wait too.
     pub fn restart_only_changes(&self, next: &Self) -> Vec<&'static str> {
         [
+            (
+                "upstream",
+                self.discover.is_some() && self.upstreams != next.upstreams,
+            ),
             ("listen", self.listen != next.listen),
             ("metrics-listen", self.metrics_listen != next.metrics_listen),
             ("workers", self.workers != next.workers),
@@ -408,6 +414,13 @@ mod tests {
             running.restart_only_changes(&next),
             ["workers", "allow", "rate-limit"]
         );
+        // Discovery owns the live list; the configured one is only its fallback.
+        let discovering = Config {
+            discover: Some(("coredns.test".into(), 53, Duration::from_secs(5))),
+            ..running.clone()
+        };
+        next.discover.clone_from(&discovering.discover);
+        assert_eq!(discovering.restart_only_changes(&next)[0], "upstream");
     }
 
     #[test]

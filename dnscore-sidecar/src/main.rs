@@ -198,7 +198,10 @@ fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &L
             return;
         }
     };
-    if let Err(err) = resolver.set_upstreams(&next.upstreams) {
+    // With --discover the live list is discovery's (restart_only_changes names it below).
+    if running.discover.is_none()
+        && let Err(err) = resolver.set_upstreams(&next.upstreams)
+    {
         tracing::error!(%err, "reload: upstreams unchanged");
     }
     resolver.set_cache_capacity(next.cache_capacity);
