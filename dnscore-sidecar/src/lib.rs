@@ -167,11 +167,13 @@ where
     let (mut read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
+        // One buffer for the connection's frames, not one per answer.
+        let mut frame = Vec::new();
         while let Some(msg) = rx.recv().await {
             let Ok(len) = u16::try_from(msg.len()) else {
                 continue;
             };
-            let mut frame = Vec::with_capacity(msg.len() + 2);
+            frame.clear();
             frame.extend_from_slice(&len.to_be_bytes());
             frame.extend_from_slice(&msg);
             if write.write_all(&frame).await.is_err() {
