@@ -16,8 +16,6 @@ use crate::config::{Config, dnscore_config};
 pub struct dnscore_resolver {
     /// The core resolver: cache, dedup, upstream pool.
     resolver: dnscore::Resolver,
-    /// The runtime's handle, for spawning and driving queries.
-    handle: Handle,
     /// The runtime itself, which runs the resolver's tasks and sockets.
     runtime: Runtime,
 }
@@ -35,11 +33,7 @@ impl dnscore_resolver {
             config.builder.build()
         };
         match built {
-            Ok(resolver) => Ok(Self {
-                resolver,
-                handle: runtime.handle().clone(),
-                runtime,
-            }),
+            Ok(resolver) => Ok(Self { resolver, runtime }),
             Err(err) => {
                 shut_down(runtime);
                 Err(NewError::new(err.clone().into(), err.to_string()))
@@ -67,7 +61,7 @@ impl dnscore_resolver {
         T: Send + 'static,
     {
         let Ok(current) = Handle::try_current() else {
-            return self.handle.block_on(with_timeout(timeout_ms, fut));
+            return self.runtime.block_on(with_timeout(timeout_ms, fut));
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         // `spawn` reports a panic or a cancelled task as an error, like `block_on` above.
@@ -97,7 +91,7 @@ impl dnscore_resolver {
         let fut = with_timeout(timeout_ms, fut);
         // The task may finish, and its callback free `self`, before `spawn` returns (it still
         // wakes a worker after queueing the task): spawn through a handle of our own.
-        let handle = self.handle.clone();
+        let handle = self.runtime.handle().clone();
         handle.spawn(async move {
             let mut guard = guard;
             let result = fut.await;
@@ -240,14 +234,10 @@ pub unsafe extern "C" fn dnscore_resolver_free(resolver: *mut dnscore_resolver) 
         // SAFETY: the caller guarantees the pointer came from `Box::into_raw` in
         // `dnscore_resolver_new` and gives up ownership here, exactly once.
         let boxed = unsafe { Box::from_raw(resolver) };
-        let dnscore_resolver {
-            resolver,
-            handle,
-            runtime,
-        } = *boxed;
+        let dnscore_resolver { resolver, runtime } = *boxed;
         // The core's sockets deregister from the runtime they were made in.
         {
-            let _ctx = handle.enter();
+            let _ctx = runtime.enter();
             drop(resolver);
         }
         shut_down(runtime);
