@@ -708,3 +708,29 @@ async fn popular_entries_are_prefetched_before_they_expire() {
     );
     assert_eq!(r.stats().prefetches, 1);
 }
+
+/// A resolver shared by two runtimes: the TCP connection opened from one dies with it (its
+/// tasks are dropped unfinished) and must leave the pool, or every later TCP exchange with
+/// that upstream would go to a connection nobody drives.
+#[test]
+fn a_tcp_connection_whose_runtime_ended_is_not_reused() {
+    let server_rt = tokio::runtime::Runtime::new().unwrap();
+    let up = server_rt.block_on(TestUpstream::start()).unwrap();
+    up.set_default_behavior(Behavior::TruncateUdp);
+    let current = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main_rt = current();
+    let r = main_rt.block_on(async { resolver(&[up.addr()]) });
+    let short_lived = current();
+    let first = short_lived.block_on(ask(&r, 1, "a.test.", RecordType::A, None));
+    assert_eq!(first.metadata.response_code, ResponseCode::NoError);
+    drop(short_lived);
+    let second = main_rt.block_on(ask(&r, 2, "b.test.", RecordType::A, None));
+    assert_eq!(second.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(up.queries("b.test.", Proto::Tcp), 1);
+    assert_eq!(up.tcp_connections(), 2, "a new connection for the second");
+}

@@ -145,15 +145,15 @@ impl Connection {
 
     /// Reads answers until the connection ends, then fails whatever is still waiting.
     async fn read_loop(self: Arc<Self>, mut read: OwnedReadHalf) {
+        let conn = CloseOnDrop(self);
         let mut buf = Vec::new();
         while let Ok(len) = read.read_u16().await {
             buf.resize(usize::from(len), 0);
             if read.read_exact(&mut buf).await.is_err() {
                 break;
             }
-            self.deliver(&buf);
+            conn.0.deliver(&buf);
         }
-        self.close();
     }
 
     /// Hands one answer to the query with its ID, if it is the answer to that query.
@@ -189,6 +189,7 @@ impl Connection {
         idle_timeout: Duration,
         reader: tokio::task::JoinHandle<()>,
     ) {
+        let _closing = CloseOnDrop(Arc::clone(&self));
         loop {
             match tokio::time::timeout(idle_timeout, frames.recv()).await {
                 Ok(Some(frame)) => {
@@ -206,7 +207,6 @@ impl Connection {
         }
         reader.abort();
         let _ = write.shutdown().await;
-        self.close();
     }
 
     /// Marks the connection closed and fails every pending query, so that the pool retries
@@ -219,6 +219,17 @@ impl Connection {
                 .reply
                 .send(Err(UpstreamError::ConnectionClosed(self.addr)));
         }
+    }
+}
+
+/// Closes the connection when dropped: when either task's loop ends, and also when the task
+/// is dropped unfinished (the runtime it ran on shut down), so that the pool never keeps a
+/// connection that nothing drives any more.
+struct CloseOnDrop(Arc<Connection>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
