@@ -271,7 +271,8 @@ struct dnscore_resolver *dnscore_resolver_new(const struct dnscore_config *cfg,
 // Async queries still in flight are abandoned: their callbacks are called with
 // `DNSCORE_ESHUTDOWN`, before this returns when called from a plain thread (waiting up to
 // one second), possibly after it returns when called from inside a tokio runtime or from
-// a callback.
+// a callback, or when a callback still runs after that second. Keep what a callback's
+// `user` points to until that callback has run.
 //
 // # Safety
 // `resolver` is NULL or came from `dnscore_resolver_new` and was not freed yet; no other

@@ -7,7 +7,7 @@ use dnscore::proto::rr::RecordType;
 
 use crate::boundary::{UserData, ffi_call, try_mut, try_ref, try_str};
 use crate::code::dnscore_code;
-use crate::resolver::dnscore_resolver;
+use crate::resolver::{dnscore_resolver, spawn_callback};
 
 /// `family`: IPv4 and IPv6 addresses (A and AAAA, asked concurrently).
 pub const DNSCORE_AF_UNSPEC: c_int = 0;
@@ -180,8 +180,12 @@ pub unsafe extern "C" fn dnscore_lookup_ip_async(
         let cb = cb.ok_or(dnscore_code::DNSCORE_ENULL)?;
         let family = check_family(family)?;
         let user = UserData(user);
-        let fut = lookup(r.resolver().clone(), host.to_owned(), family);
-        r.spawn_callback(timeout_ms, fut, cb, user);
+        let (fut, handle) = (
+            lookup(r.resolver().clone(), host.to_owned(), family),
+            r.handle(),
+        );
+        // `r` is not used past this point: the callback may free it before we return.
+        spawn_callback(handle, timeout_ms, fut, cb, user);
         Ok(())
     })
 }

@@ -6,7 +6,7 @@ use dnscore::Transport;
 
 use crate::boundary::{UserData, ffi_call, try_mut, try_ref, try_slice};
 use crate::code::dnscore_code;
-use crate::resolver::dnscore_resolver;
+use crate::resolver::{dnscore_resolver, spawn_callback};
 
 /// Called once with the outcome of `dnscore_resolve_async`, on a resolver thread: `code`
 /// is 0 or a `DNSCORE_E*` code; on success `response` holds `len` bytes, valid only until
@@ -24,7 +24,12 @@ fn resolve_blocking(
     timeout_ms: u32,
 ) -> Result<Vec<u8>, dnscore_code> {
     let mut out = Vec::new();
-    if r.resolver().resolve_cached(query, transport, &mut out)? {
+    let hit = {
+        // A hit may start a prefetch: on the resolver's runtime, never on the caller's.
+        let _ctx = r.enter();
+        r.resolver().resolve_cached(query, transport, &mut out)?
+    };
+    if hit {
         return Ok(out);
     }
     let resolver = r.resolver().clone();
@@ -177,9 +182,10 @@ pub unsafe extern "C" fn dnscore_resolve_async(
             return Err(dnscore_code::DNSCORE_EINVAL);
         }
         let user = UserData(user);
-        let resolver = r.resolver().clone();
+        let (resolver, handle) = (r.resolver().clone(), r.handle());
         let fut = async move { Ok(resolver.resolve(&query).await?) };
-        r.spawn_callback(timeout_ms, fut, cb, user);
+        // `r` is not used past this point: the callback may free it before we return.
+        spawn_callback(handle, timeout_ms, fut, cb, user);
         Ok(())
     })
 }

@@ -65,7 +65,7 @@ impl dnscore_resolver {
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         // `spawn` reports a panic or a cancelled task as an error, like `block_on` above.
-        self.spawn(timeout_ms, fut, move |result| {
+        spawn(self.handle(), timeout_ms, fut, move |result| {
             // The receiver only goes away if the waiting thread panicked.
             let _ = tx.send(result);
         });
@@ -78,53 +78,60 @@ impl dnscore_resolver {
         received.unwrap_or(Err(dnscore_code::DNSCORE_ESHUTDOWN))
     }
 
-    /// Spawns `fut` onto the resolver's runtime; `done` gets its output, or `Err` with
-    /// [`dnscore_code::DNSCORE_ESHUTDOWN`] (the task was dropped unfinished) or
-    /// [`dnscore_code::DNSCORE_EPANIC`] (it panicked) — exactly once in every case.
-    pub(crate) fn spawn<T, F, D>(&self, timeout_ms: u32, fut: F, done: D)
-    where
-        F: Future<Output = Result<T, dnscore_code>> + Send + 'static,
-        D: FnOnce(Result<T, dnscore_code>) + Send + 'static,
-        T: Send + 'static,
-    {
-        let guard = Completion(Some(done), std::marker::PhantomData);
-        let fut = with_timeout(timeout_ms, fut);
-        // The task may finish, and its callback free `self`, before `spawn` returns (it still
-        // wakes a worker after queueing the task): spawn through a handle of our own.
-        let handle = self.runtime.handle().clone();
-        handle.spawn(async move {
-            let mut guard = guard;
-            let result = fut.await;
-            if let Some(done) = guard.0.take() {
-                done(result);
-            }
-        });
+    /// A handle of the resolver's runtime, for spawning onto it with [`spawn`] or
+    /// [`spawn_callback`] once the borrow of the resolver has ended: a callback may free it.
+    pub(crate) fn handle(&self) -> Handle {
+        self.runtime.handle().clone()
+    }
+
+    /// Enters the resolver's runtime on this thread while the guard lives, so that what a
+    /// cache hit starts (a prefetch) runs there, never on a runtime of the caller's.
+    pub(crate) fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.runtime.enter()
     }
 }
 
-impl dnscore_resolver {
-    /// Spawns `fut` like [`spawn`](Self::spawn) and hands its outcome to the caller's C
-    /// callback `cb`: `(user, 0, items, n)` on success, `(user, code, NULL, 0)` on failure.
-    pub(crate) fn spawn_callback<T, F>(
-        &self,
-        timeout_ms: u32,
-        fut: F,
-        cb: unsafe extern "C" fn(*mut std::ffi::c_void, std::ffi::c_int, *const T, usize),
-        user: UserData,
-    ) where
-        F: Future<Output = Result<Vec<T>, dnscore_code>> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.spawn(timeout_ms, fut, move |result| {
-            let (code, items, n) = match &result {
-                Ok(items) => (0, items.as_ptr(), items.len()),
-                Err(code) => (code.as_int(), std::ptr::null(), 0),
-            };
-            // SAFETY: `cb` is the caller's callback and `user` its pointer, passed back
-            // untouched; `items` is NULL or `n` items that live until `cb` returns.
-            unsafe { cb(user.get(), code, items, n) }
-        });
-    }
+/// Spawns `fut` onto `handle`'s runtime; `done` gets its output, or `Err` with
+/// [`dnscore_code::DNSCORE_ESHUTDOWN`] (the task was dropped unfinished) or
+/// [`dnscore_code::DNSCORE_EPANIC`] (it panicked) — exactly once in every case.
+pub(crate) fn spawn<T, F, D>(handle: Handle, timeout_ms: u32, fut: F, done: D)
+where
+    F: Future<Output = Result<T, dnscore_code>> + Send + 'static,
+    D: FnOnce(Result<T, dnscore_code>) + Send + 'static,
+    T: Send + 'static,
+{
+    let guard = Completion(Some(done), std::marker::PhantomData);
+    let fut = with_timeout(timeout_ms, fut);
+    handle.spawn(async move {
+        let mut guard = guard;
+        let result = fut.await;
+        if let Some(done) = guard.0.take() {
+            done(result);
+        }
+    });
+}
+
+/// Spawns `fut` like [`spawn`] and hands its outcome to the caller's C callback `cb`:
+/// `(user, 0, items, n)` on success, `(user, code, NULL, 0)` on failure.
+pub(crate) fn spawn_callback<T, F>(
+    handle: Handle,
+    timeout_ms: u32,
+    fut: F,
+    cb: unsafe extern "C" fn(*mut std::ffi::c_void, std::ffi::c_int, *const T, usize),
+    user: UserData,
+) where
+    F: Future<Output = Result<Vec<T>, dnscore_code>> + Send + 'static,
+    T: Send + 'static,
+{
+    spawn(handle, timeout_ms, fut, move |result| {
+        let (code, items, n) = match &result {
+            Ok(items) => (0, items.as_ptr(), items.len()),
+            Err(code) => (code.as_int(), std::ptr::null(), 0),
+        };
+        // SAFETY: `cb` is the caller's callback and `user` its pointer, passed back
+        // untouched; `items` is NULL or `n` items that live until `cb` returns.
+        unsafe { cb(user.get(), code, items, n) }
+    });
 }
 
 /// Calls its function with an error if it is dropped before it was called: the task was
@@ -218,7 +225,8 @@ pub unsafe extern "C" fn dnscore_resolver_new(
 /// Async queries still in flight are abandoned: their callbacks are called with
 /// `DNSCORE_ESHUTDOWN`, before this returns when called from a plain thread (waiting up to
 /// one second), possibly after it returns when called from inside a tokio runtime or from
-/// a callback.
+/// a callback, or when a callback still runs after that second. Keep what a callback's
+/// `user` points to until that callback has run.
 ///
 /// # Safety
 /// `resolver` is NULL or came from `dnscore_resolver_new` and was not freed yet; no other
