@@ -118,14 +118,18 @@ fn init_logging(config: &Config) -> LogHandle {
 }
 
 fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::error::Error>> {
-    let resolver = dnscore::Resolver::builder()
-        .upstreams(config.upstreams.iter().copied())
-        .cache_capacity(config.cache_capacity)
-        .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
         .build()?;
+    // Built inside the runtime, which then runs its background work (probes, prefetches).
+    let resolver = {
+        let _ctx = runtime.enter();
+        dnscore::Resolver::builder()
+            .upstreams(config.upstreams.iter().copied())
+            .cache_capacity(config.cache_capacity)
+            .build()?
+    };
     runtime.block_on(async {
         let (udp, tcp) = bind(config.listen, config.workers)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

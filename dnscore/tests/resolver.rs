@@ -734,3 +734,47 @@ fn a_tcp_connection_whose_runtime_ended_is_not_reused() {
     assert_eq!(up.queries("b.test.", Proto::Tcp), 1);
     assert_eq!(up.tcp_connections(), 2, "a new connection for the second");
 }
+
+/// Probes of a dead upstream run on the runtime the resolver was built in, not on the one
+/// whose query found it dead: a short-lived runtime that ends must not take the probe with
+/// it (the upstream would stay down for good while another is up).
+#[test]
+fn a_dead_upstream_found_from_a_short_lived_runtime_is_still_probed_back() {
+    let main_rt = tokio::runtime::Runtime::new().unwrap();
+    let (dead, good) = main_rt.block_on(async {
+        let dead = TestUpstream::start_on([127, 0, 0, 5].into()).await.unwrap();
+        let good = TestUpstream::start_on([127, 0, 0, 6].into()).await.unwrap();
+        (dead, good)
+    });
+    let addr = dead.addr();
+    dead.stop();
+    let r = main_rt.block_on(async {
+        Resolver::builder()
+            .upstreams([addr, good.addr()])
+            .selection(Selection::Sequential)
+            .max_failures(1)
+            .probe_interval(Duration::from_millis(50))
+            .build()
+            .unwrap()
+    });
+    let short_lived = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let reply = short_lived.block_on(ask(&r, 1, "a.test.", RecordType::A, None));
+    assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
+    drop(short_lived);
+    assert!(
+        !r.stats().upstreams[0].healthy,
+        "the refusal marked it down"
+    );
+    let SocketAddr::V4(v4) = addr else {
+        unreachable!()
+    };
+    let _back = main_rt.block_on(TestUpstream::start_at(v4)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !r.stats().upstreams[0].healthy && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(r.stats().upstreams[0].healthy, "probed back up");
+}

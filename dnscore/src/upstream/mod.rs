@@ -73,6 +73,18 @@ pub(crate) struct PoolConfig {
     pub(crate) selection: Selection,
     pub(crate) tcp_connections: usize,
     pub(crate) tcp_idle_timeout: Duration,
+    /// The runtime the resolver was built in, if any: background work (probes, prefetches)
+    /// runs there, not on whichever runtime's query started it, which may end first.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+}
+
+impl PoolConfig {
+    /// Where background work goes: [`runtime`](Self::runtime), else the current runtime.
+    pub(crate) fn background(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+    }
 }
 
 /// One upstream server: its health and its TCP connections.
@@ -140,6 +152,11 @@ impl Pool {
         };
         pool.set_upstreams(addrs);
         pool
+    }
+
+    /// Where background work goes (see [`PoolConfig::background`]).
+    pub(crate) fn background(&self) -> Option<tokio::runtime::Handle> {
+        self.config.background()
     }
 
     fn upstreams(&self) -> Arc<[Arc<Upstream>]> {
@@ -496,11 +513,14 @@ fn failed(upstream: &Arc<Upstream>, config: &PoolConfig, peers: &Arc<[Arc<Upstre
         tracing::warn!(addr = %upstream.addr, "upstream marked down");
     }
     if upstream.health.start_probing() {
-        tokio::spawn(probe(
-            Arc::clone(upstream),
-            config.clone(),
-            Arc::clone(peers),
-        ));
+        // Called from attempts, which run inside a runtime: there is always one.
+        if let Some(runtime) = config.background() {
+            runtime.spawn(probe(
+                Arc::clone(upstream),
+                config.clone(),
+                Arc::clone(peers),
+            ));
+        }
     }
 }
 
