@@ -5,12 +5,12 @@
 //! - the first goes to the upstream the [`Selection`] policy picks among the healthy ones;
 //! - another is launched at once when an attempt fails (port closed, TCP reset, SERVFAIL,
 //!   REFUSED, malformed answer) or is re-driven (its upstream was found dead while the
-//!   attempt waited) — when the latest attempt fails, its successor is a retry, not a hedge,
-//!   even while earlier attempts still listen —, when the attempt's adaptive timeout passes (SRTT + 4·RTTVAR, clamped;
-//!   doubled after each timeout of this query on an upstream that has answered nothing
-//!   since, as a stub backs off: while it answers other queries, a lost attempt is a lost
-//!   packet, such as a Service IP's DNAT to a dead endpoint, and is retried at once),
-//!   or, as a *hedge*, after about the upstream's p95 RTT if the hedge budget allows (a small
+//!   attempt waited; when it was the latest attempt, its successor is a retry, not a hedge,
+//!   even while earlier attempts still listen), when the attempt's adaptive timeout passes
+//!   (SRTT + 4·RTTVAR, clamped; doubled after each timeout of this query on an upstream
+//!   that has answered nothing since, as a stub backs off: while it answers other queries,
+//!   a lost attempt is a lost packet, such as a Service IP's DNAT to a dead endpoint, and is
+//!   retried at once), or, as a *hedge*, after about the upstream's p95 RTT if the hedge budget allows (a small
 //!   share of queries, so a slow upstream cannot double the load);
 //! - earlier attempts keep listening: whichever valid answer comes first wins;
 //! - the query ends with the first good answer, when attempts run out, or at the deadline.
