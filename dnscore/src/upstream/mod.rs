@@ -10,8 +10,8 @@
 //!   (SRTT + 4·RTTVAR, clamped; doubled after each timeout of this query on an upstream
 //!   that has answered nothing since, as a stub backs off: while it answers other queries,
 //!   a lost attempt is a lost packet, such as a Service IP's DNAT to a dead endpoint, and is
-//!   retried at once), or, as a *hedge*, after about the upstream's p95 RTT if the hedge budget allows (a small
-//!   share of queries, so a slow upstream cannot double the load);
+//!   retried at once), or, as a *hedge*, after about the upstream's p95 RTT if the hedge
+//!   budget allows (a small share of queries, so a slow upstream cannot double the load);
 //! - earlier attempts keep listening: whichever valid answer comes first wins;
 //! - the query ends with the first good answer, when attempts run out, or at the deadline.
 //!
