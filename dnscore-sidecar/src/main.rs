@@ -118,18 +118,14 @@ fn init_logging(config: &Config) -> LogHandle {
 }
 
 fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::error::Error>> {
+    let resolver = dnscore::Resolver::builder()
+        .upstreams(config.upstreams.iter().copied())
+        .cache_capacity(config.cache_capacity)
+        .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
         .build()?;
-    // Built inside the runtime, which then runs its background work (probes, prefetches).
-    let resolver = {
-        let _ctx = runtime.enter();
-        dnscore::Resolver::builder()
-            .upstreams(config.upstreams.iter().copied())
-            .cache_capacity(config.cache_capacity)
-            .build()?
-    };
     runtime.block_on(async {
         let (udp, tcp) = bind(config.listen, config.workers)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -219,7 +215,8 @@ fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &L
     if !ignored.is_empty() {
         tracing::warn!(?ignored, "reload: these settings change only on restart");
     }
-    tracing::info!(upstreams = ?next.upstreams, cache_capacity = next.cache_capacity, "reloaded");
+    let upstreams = resolver.upstream_addrs();
+    tracing::info!(?upstreams, cache_capacity = next.cache_capacity, "reloaded");
 }
 
 /// Binds one UDP socket per worker (SO_REUSEPORT: the kernel spreads clients over them) and

@@ -328,7 +328,6 @@ impl ResolverBuilder {
             selection: self.selection,
             tcp_connections: self.tcp_connections,
             tcp_idle_timeout: self.tcp_idle_timeout,
-            runtime: tokio::runtime::Handle::try_current().ok(),
         };
         Ok(Resolver::from_inner(Arc::new(Inner {
             cache: AnswerCache::new(

@@ -40,10 +40,9 @@ impl Transport {
 /// A caching DNS resolver that forwards to upstream servers.
 ///
 /// Cheap to clone (one `Arc`); clones share the cache, the in-flight queries and the
-/// upstream connections. Queries must run inside a tokio runtime (cache hits through
-/// `resolve_cached` may come from any thread). Build it inside the runtime that should run
-/// its background work (probes of dead upstreams, prefetches): that runtime must outlive
-/// it; queries may come from other runtimes too.
+/// upstream connections. Queries must run inside a tokio runtime; the background work
+/// they start (probes of dead upstreams, prefetches) runs on theirs, and a probe lost
+/// with a runtime that ended is started again by the next query.
 #[derive(Clone)]
 pub struct Resolver {
     inner: Arc<Inner>,
@@ -166,12 +165,12 @@ impl Resolver {
     #[inline]
     fn on_hit(&self, key: &[u8], answer: &Arc<Answer>, now: Instant) {
         self.inner.counters.hits.add(1);
-        // It runs on the runtime the resolver was built in (else the caller's, else nowhere:
-        // the entry is left unclaimed). The runtime is looked up only near the end of the
-        // TTL (it clones the handle's Arc: not on every hit).
+        // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
+        // leave the entry unclaimed for a caller inside one. The runtime is looked up only
+        // near the end of the TTL (it clones the handle's Arc: not on every hit).
         if self.inner.serving.prefetch
             && answer.prefetch_due(now)
-            && let Some(runtime) = self.inner.pool.background()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
             && answer.claim_prefetch(now)
         {
             self.inner.counters.prefetches.add(1);

@@ -735,11 +735,12 @@ fn a_tcp_connection_whose_runtime_ended_is_not_reused() {
     assert_eq!(up.tcp_connections(), 2, "a new connection for the second");
 }
 
-/// Probes of a dead upstream run on the runtime the resolver was built in, not on the one
-/// whose query found it dead: a short-lived runtime that ends must not take the probe with
-/// it (the upstream would stay down for good while another is up).
+/// The probe of a dead upstream runs on the runtime whose query found it dead; when that
+/// runtime ends first (a short-lived one, or a test's, with the resolver kept in a static),
+/// the probe task is dropped with it, and the next query starts another: the upstream must
+/// not stay down for good while another one is up.
 #[test]
-fn a_dead_upstream_found_from_a_short_lived_runtime_is_still_probed_back() {
+fn a_probe_lost_with_its_runtime_is_started_again_by_the_next_query() {
     let main_rt = tokio::runtime::Runtime::new().unwrap();
     let (dead, good) = main_rt.block_on(async {
         let dead = TestUpstream::start_on([127, 0, 0, 5].into()).await.unwrap();
@@ -763,17 +764,22 @@ fn a_dead_upstream_found_from_a_short_lived_runtime_is_still_probed_back() {
         .unwrap();
     let reply = short_lived.block_on(ask(&r, 1, "a.test.", RecordType::A, None));
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);
-    drop(short_lived);
     assert!(
         !r.stats().upstreams[0].healthy,
         "the refusal marked it down"
     );
+    drop(short_lived);
     let SocketAddr::V4(v4) = addr else {
         unreachable!()
     };
     let _back = main_rt.block_on(TestUpstream::start_at(v4)).unwrap();
+    // The application goes on asking (new names: misses), from its main runtime.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut id = 2;
     while !r.stats().upstreams[0].healthy && std::time::Instant::now() < deadline {
+        let name = format!("n{id}.test.");
+        main_rt.block_on(ask(&r, id, &name, RecordType::A, None));
+        id += 1;
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(r.stats().upstreams[0].healthy, "probed back up");

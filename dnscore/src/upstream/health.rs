@@ -246,7 +246,17 @@ impl Health {
         !std::mem::replace(&mut self.state().probing, true)
     }
 
-    /// The probe task ends (the upstream is back, or it was removed).
+    /// Claims a new probe task for an upstream that is down without one: its probe task
+    /// was dropped unfinished (it ran on a runtime that has ended).
+    pub(crate) fn claim_lost_probe(&self) -> bool {
+        let mut state = self.state();
+        let lost = state.down && !state.probing;
+        state.probing |= lost;
+        lost
+    }
+
+    /// The probe task ends (the upstream is back, or it was removed, or the task was
+    /// dropped with its runtime).
     pub(crate) fn probe_ended(&self) {
         self.state().probing = false;
     }

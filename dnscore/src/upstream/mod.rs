@@ -73,18 +73,6 @@ pub(crate) struct PoolConfig {
     pub(crate) selection: Selection,
     pub(crate) tcp_connections: usize,
     pub(crate) tcp_idle_timeout: Duration,
-    /// The runtime the resolver was built in, if any: background work (probes, prefetches)
-    /// runs there, not on whichever runtime's query started it, which may end first.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-}
-
-impl PoolConfig {
-    /// Where background work goes: [`runtime`](Self::runtime), else the current runtime.
-    pub(crate) fn background(&self) -> Option<tokio::runtime::Handle> {
-        self.runtime
-            .clone()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-    }
 }
 
 /// One upstream server: its health and its TCP connections.
@@ -154,18 +142,13 @@ impl Pool {
         pool
     }
 
-    /// Where background work goes (see [`PoolConfig::background`]).
-    pub(crate) fn background(&self) -> Option<tokio::runtime::Handle> {
-        self.config.background()
-    }
-
     fn upstreams(&self) -> Arc<[Arc<Upstream>]> {
         Arc::clone(&self.upstreams.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Replaces the upstream list. Upstreams that stay keep their state and connections;
     /// those that leave are drained: queries outstanding on them are re-driven at once and
-    /// their probes stop (their TCP connections close when the last query lets go).
+    /// their probes stop (their TCP connections close once idle).
     pub(crate) fn set_upstreams(&self, addrs: &[SocketAddr]) {
         // Held from the read to the write, so two changes at once (a reload and the
         // discovery loop) cannot bring back an upstream the other marked removed.
@@ -287,6 +270,13 @@ impl Pool {
         let config = &self.config;
         let deadline = Instant::now() + config.deadline;
         self.hedges.deposit();
+        // A down upstream whose probe task was lost (it ran on a runtime that has ended,
+        // such as a short-lived one that asked a query) gets a new one here.
+        for upstream in ups.iter() {
+            if upstream.health.claim_lost_probe() {
+                spawn_probe(upstream, config, &ups);
+            }
+        }
         // Upstreams that answered with a failure code: asking them again gives the same.
         let mut gave_up = vec![false; n];
         let mut tried = vec![false; n];
@@ -349,12 +339,12 @@ impl Pool {
                     .saturating_mul(1 << backoff.min(4))
                     .min(config.attempt_timeout);
                 last_launch = Some((i, now));
-                let hedge = upstream
+                let hedge_after = upstream
                     .health
                     .hedge_delay()
                     .filter(|_| self.hedges.per_query > 0);
                 timeout_at = now + limit;
-                next_launch = hedge.map_or(timeout_at, |h| (now + h).min(timeout_at));
+                next_launch = hedge_after.map_or(timeout_at, |h| (now + h).min(timeout_at));
                 let report = results.clone();
                 tokio::spawn(attempt(
                     upstream,
@@ -363,6 +353,7 @@ impl Pool {
                         index: i,
                         retry: tried[i],
                         seq: launched,
+                        hedge,
                     },
                     limit,
                     config.clone(),
@@ -400,9 +391,10 @@ impl Pool {
                         }
                     }
                     // A failed attempt frees its slot: the next one goes now, and if it was
-                    // the latest, as a retry rather than a hedge.
+                    // the latest and not a hedge, as a retry rather than a hedge (a failed
+                    // hedge must not turn the budget's extra attempt into two).
                     next_launch = Instant::now();
-                    if target.seq + 1 == launched {
+                    if target.seq + 1 == launched && !target.hedge {
                         timeout_at = next_launch;
                         latest_failed = true;
                     }
@@ -422,12 +414,13 @@ impl Pool {
 }
 
 /// Which upstream of the query's list an attempt asks, whether the query asked it before,
-/// and which of the query's attempts it is (0 for the first).
+/// which of the query's attempts it is (0 for the first), and whether it is a hedge.
 #[derive(Clone, Copy, Debug)]
 struct Target {
     index: usize,
     retry: bool,
     seq: usize,
+    hedge: bool,
 }
 
 /// One attempt at one upstream, reporting to `report`, with its accounting: RTT on an
@@ -513,15 +506,17 @@ fn failed(upstream: &Arc<Upstream>, config: &PoolConfig, peers: &Arc<[Arc<Upstre
         tracing::warn!(addr = %upstream.addr, "upstream marked down");
     }
     if upstream.health.start_probing() {
-        // Called from attempts, which run inside a runtime: there is always one.
-        if let Some(runtime) = config.background() {
-            runtime.spawn(probe(
-                Arc::clone(upstream),
-                config.clone(),
-                Arc::clone(peers),
-            ));
-        }
+        spawn_probe(upstream, config, peers);
     }
+}
+
+/// Starts the probe task of `upstream` (claimed by the caller) on the current runtime.
+fn spawn_probe(upstream: &Arc<Upstream>, config: &PoolConfig, peers: &Arc<[Arc<Upstream>]>) {
+    tokio::spawn(probe(
+        Arc::clone(upstream),
+        config.clone(),
+        Arc::clone(peers),
+    ));
 }
 
 /// Whether an upstream other than `this` is up.
@@ -536,6 +531,9 @@ fn others_up(peers: &[Arc<Upstream>], this: &Arc<Upstream>) -> bool {
 async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upstream>]>) {
     // The key for ". IN NS" without DO or CD: root name, type 2, class 1, flags 0.
     const ROOT_NS: [u8; 6] = [0, 0, 2, 0, 1, 0];
+    // However the task ends, also dropped unfinished with its runtime, the next failure or
+    // query may start another.
+    let _ends = ProbeEnds(&upstream.health);
     let mut interval = config.probe_interval;
     loop {
         sleep(interval).await;
@@ -566,7 +564,15 @@ async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upst
             tracing::warn!(addr = %upstream.addr, "upstream marked down by its probes");
         }
     }
-    upstream.health.probe_ended();
+}
+
+/// Releases an upstream's probe claim when its probe task ends.
+struct ProbeEnds<'a>(&'a Health);
+
+impl Drop for ProbeEnds<'_> {
+    fn drop(&mut self) {
+        self.0.probe_ended();
+    }
 }
 
 /// UDP, then TCP if the UDP answer was truncated or too large to hold. A `retry` binds its
