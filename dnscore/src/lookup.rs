@@ -4,13 +4,13 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use crate::error::Error;
 use crate::query;
 use crate::resolver::Resolver;
-use crate::wire::MAX_MESSAGE_LEN;
+use crate::wire::{self, MAX_MESSAGE_LEN, rcode};
 
 /// The records that answered a [`Resolver::lookup`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,17 +42,11 @@ impl Resolver {
     /// Errors: [`Error::InvalidName`], [`Error::NxDomain`], [`Error::NoAnswer`] when no
     /// upstream answered, [`Error::BadAnswer`] when the answer cannot be parsed.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, Error> {
-        let mut fqdn = Name::from_utf8(name).map_err(|_| Error::InvalidName(Arc::from(name)))?;
-        fqdn.set_fqdn(true);
-        let mut msg = Message::query();
-        msg.metadata.recursion_desired = true;
-        msg.add_query(Query::query(fqdn, rtype));
-        msg.set_edns(Edns::new());
-        let wire = msg
-            .to_vec()
-            .map_err(|_| Error::InvalidName(Arc::from(name)))?;
+        let invalid = || Error::InvalidName(Arc::from(name));
+        let fqdn = Name::from_utf8(name).map_err(|_| invalid())?;
+        let wire = query_for(&fqdn, rtype);
         let Ok(q) = query::parse(&wire) else {
-            return Err(Error::InvalidName(Arc::from(name)));
+            return Err(invalid());
         };
         let (answer, freshness) = self.answer(&q).await?;
         let stale = freshness == crate::cache::Freshness::Stale;
@@ -64,12 +58,11 @@ impl Resolver {
             stale,
             &mut out,
         );
-        let response = Message::from_vec(&out).map_err(|_| Error::BadAnswer)?;
-        match response.metadata.response_code {
-            ResponseCode::NoError => Ok(Lookup {
-                records: response.answers,
+        match crate::message::response_code(&out) {
+            Some(rcode::NOERROR) => Ok(Lookup {
+                records: answer_records(&out).ok_or(Error::BadAnswer)?,
             }),
-            ResponseCode::NXDomain => Err(Error::NxDomain),
+            Some(rcode::NXDOMAIN) => Err(Error::NxDomain),
             _ => Err(Error::BadAnswer),
         }
     }
@@ -97,5 +90,75 @@ impl Resolver {
             (Ok(one), Err(_)) | (Err(_), Ok(one)) => Ok(addrs(&one)),
             (Err(e), Err(_)) => Err(e),
         }
+    }
+}
+
+/// A recursive query (ID 0) for `name` and `rtype`, with an OPT record (payload 1232, no
+/// DO), written directly: a `Message` built and encoded by hickory costs as much again.
+fn query_for(name: &Name, rtype: RecordType) -> Vec<u8> {
+    const RD: u8 = 0x01;
+    let mut q = Vec::with_capacity(wire::HEADER_LEN + name.len() + 16);
+    // ID 0, RD, one question, one additional (the OPT).
+    q.extend_from_slice(&[0, 0, RD, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for label in name.iter() {
+        // A parsed name's labels are 1..=63 bytes long.
+        q.push(label.len() as u8);
+        q.extend_from_slice(label);
+    }
+    q.push(0);
+    q.extend_from_slice(&u16::from(rtype).to_be_bytes());
+    q.extend_from_slice(&[0, 1]); // class IN
+    let size = wire::EDNS_UDP_SIZE.to_be_bytes();
+    // OPT: root name, type 41, class = payload size, TTL 0 (no DO), no data.
+    q.extend_from_slice(&[0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]);
+    q
+}
+
+/// The answer section of a response: its records, decoded after skipping the header and
+/// the one question (authority and additional are not read). `None` if unreadable.
+fn answer_records(response: &[u8]) -> Option<Vec<Record>> {
+    let count = wire::u16_at(response, 6).ok()?;
+    let question_end = wire::skip_name(response, wire::HEADER_LEN).ok()? + 4;
+    let mut decoder = BinDecoder::new(response);
+    decoder.read_slice(question_end).ok()?;
+    (0..count)
+        .map(|_| Record::read(&mut decoder).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::rdata::{A, CNAME};
+
+    use super::*;
+
+    #[test]
+    fn the_hand_written_query_and_answer_reader_agree_with_hickory() {
+        let name = Name::from_utf8("Www.Example.test.").unwrap();
+        let wire = query_for(&name, RecordType::AAAA);
+        let msg = Message::from_vec(&wire).unwrap();
+        assert!(msg.metadata.recursion_desired);
+        assert_eq!(msg.queries[0].name(), &name);
+        assert_eq!(msg.queries[0].query_type(), RecordType::AAAA);
+        assert_eq!(msg.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+        assert!(!msg.edns.unwrap().flags().dnssec_ok);
+
+        let mut response = Message::new(7, MessageType::Response, OpCode::Query);
+        response.add_query(Query::query(name.clone(), RecordType::A));
+        let target = Name::from_utf8("host.example.test.").unwrap();
+        response.add_answer(Record::from_rdata(
+            name,
+            60,
+            RData::CNAME(CNAME(target.clone())),
+        ));
+        response.add_answer(Record::from_rdata(
+            target,
+            30,
+            RData::A(A::new(192, 0, 2, 1)),
+        ));
+        let bytes = response.to_vec().unwrap();
+        assert_eq!(answer_records(&bytes).unwrap(), response.answers);
+        assert_eq!(answer_records(&bytes[..bytes.len() - 1]), None, "cut short");
     }
 }
