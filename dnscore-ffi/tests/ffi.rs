@@ -603,11 +603,13 @@ fn a_hit_from_a_short_lived_runtime_still_prefetches() {
     use dnscore::proto::rr::{RData, rdata::A};
     let up = Upstream::start();
     let r = resolver(&up);
+    let asked = |name: &str| up.server.queries(name, dnscore_testkit::Proto::Udp);
     for attempt in 0..3 {
         let name = format!("pf{attempt}.test.");
         up.server
             .add_record(&name, RData::A(A::new(192, 0, 2, 9)), 3);
         assert_eq!(resolve(&r, &query(&name, RecordType::A, 1), 512).0, OK);
+        let before = asked(&name);
         // Into the last tenth of the 3 s TTL, where a hit starts a prefetch.
         std::thread::sleep(Duration::from_millis(2750));
         let caller = tokio::runtime::Builder::new_current_thread()
@@ -621,12 +623,14 @@ fn a_hit_from_a_short_lived_runtime_still_prefetches() {
         if Message::from_vec(&hit).unwrap().answers[0].ttl == 3 {
             continue; // the sleep overslept the TTL (a loaded machine): a miss, try again
         }
-        let asked = || up.server.queries(&name, dnscore_testkit::Proto::Udp);
         let waited = std::time::Instant::now();
-        while asked() < 2 && waited.elapsed() < Duration::from_secs(2) {
+        while asked(&name) == before && waited.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(asked(), 2, "the entry was refreshed in the background");
+        assert!(
+            asked(&name) > before,
+            "the entry was refreshed in the background"
+        );
         return;
     }
     panic!("three sleeps of 2.75 s overslept a 3 s TTL");
