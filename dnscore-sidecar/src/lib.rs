@@ -3,10 +3,9 @@
 //! configuration, binds, and turns signals into the lameduck-then-shutdown sequence.
 //!
 //! Cache hits are answered inline in the receive loop ([`udp`]: batched system calls);
-//! only misses spawn a task. Several
-//! UDP sockets (`SO_REUSEPORT`, one per worker) spread the load over the cores. TCP
-//! connections are pipelined (RFC 7766 §6.2.1.1): each query is answered as soon as its
-//! answer is ready, in any order.
+//! only misses spawn a task. Several UDP sockets (`SO_REUSEPORT`, one per worker) spread
+//! the load over the cores. TCP connections are pipelined (RFC 7766 §6.2.1.1): each query
+//! is answered as soon as its answer is ready, in any order.
 //!
 //! Modules: [`access`] (who may ask), [`metrics`] and [`admin`] (`/metrics`, `/health`,
 //! `/ready`), [`config`] (flags, environment, TOML file), [`resolv_conf`] (default upstreams).
@@ -70,6 +69,24 @@ impl Context {
             access: Arc::default(),
             rate_limit: None,
         }
+    }
+
+    /// The answer to `query` that needs no upstream, written to `out`: a cache hit, or
+    /// NOTIMP for ANY when bound beyond loopback. `Ok(false)`: a miss, to resolve;
+    /// `Err`: drop the packet.
+    fn answer_now(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, dnscore::Error> {
+        if self.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
+            return match dnscore::message::reply_with_rcode(query, NOTIMP, out) {
+                true => Ok(true),
+                false => Err(dnscore::Error::Malformed),
+            };
+        }
+        self.resolver.resolve_cached(query, transport, out)
     }
 }
 
@@ -194,17 +211,7 @@ where
             break;
         }
         let mut out = Vec::new();
-        if ctx.access.refuses_any() && dnscore::message::question_type(&buf) == Some(ANY) {
-            if !dnscore::message::reply_with_rcode(&buf, NOTIMP, &mut out) {
-                break;
-            }
-            counters.count(Protocol::Tcp, &buf, &out);
-            if tx.send(out).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        match ctx.resolver.resolve_cached(&buf, Transport::Tcp, &mut out) {
+        match ctx.answer_now(&buf, Transport::Tcp, &mut out) {
             Ok(true) => {
                 counters.count(Protocol::Tcp, &buf, &out);
                 if tx.send(out).await.is_err() {

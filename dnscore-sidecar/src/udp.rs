@@ -23,7 +23,7 @@ use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 
 use crate::metrics::{Protocol, QueryCounters};
-use crate::{ANY, Context, InFlight, NOTIMP, ratelimit};
+use crate::{Context, InFlight, ratelimit};
 
 /// Datagrams read (and answers sent) per system call at most.
 pub const BATCH: usize = 32;
@@ -160,20 +160,9 @@ impl Receiver {
         }
         let query = &self.queries[range];
         let out = &mut self.answers[self.peers.len()];
-        let hit = if ctx.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY)
-        {
-            if !dnscore::message::reply_with_rcode(query, NOTIMP, out) {
-                return;
-            }
-            true
-        } else {
-            match ctx.resolver.resolve_cached(query, Transport::Udp, out) {
-                Ok(hit) => hit,
-                Err(_) => {
-                    tracing::debug!(%addr, len = query.len(), "dropped an unanswerable packet");
-                    return;
-                }
-            }
+        let Ok(hit) = ctx.answer_now(query, Transport::Udp, out) else {
+            tracing::debug!(%addr, len = query.len(), "dropped an unanswerable packet");
+            return;
         };
         if hit {
             self.counters.count(Protocol::Udp, query, out);

@@ -207,8 +207,8 @@ impl Health {
         s.exploring = false;
     }
 
-    /// The RTT selection compares: SRTT raised by recent vain waits, or zero once (until the next sample) when the
-    /// sample is old, so that an upstream avoided for being slow is tried again now and then
+    /// The RTT selection compares: SRTT raised by recent vain waits, or zero once (until the
+    /// next sample) when the sample is old, so that an upstream avoided for being slow is tried again now and then
     /// by one query (it may have recovered; if it has not, that attempt adds to its failures
     /// until it is marked down and probed). Zero before the first sample: explore.
     pub(crate) fn selection_rtt(&self, now: Instant) -> Duration {
