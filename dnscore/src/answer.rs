@@ -27,6 +27,10 @@ pub(crate) enum ResponseError {
     Mismatch,
     /// The packet matches but its records do not parse.
     Malformed,
+    /// The question matches except for letter case, where the case was randomised (0x20)
+    /// and must be echoed exactly: the upstream does not preserve case, or the packet is
+    /// forged.
+    CaseMismatch,
 }
 
 impl From<Malformed> for ResponseError {
@@ -76,6 +80,17 @@ impl Answer {
         resp: &[u8],
         received: Instant,
     ) -> Result<Self, ResponseError> {
+        Self::parse_as(sent, resp, received, false)
+    }
+
+    /// Like [`parse`](Self::parse); with `exact_case` (a 0x20 query) the question must match
+    /// letter for letter, and a match in all but case is [`ResponseError::CaseMismatch`].
+    pub(crate) fn parse_as(
+        sent: &[u8],
+        resp: &[u8],
+        received: Instant,
+        exact_case: bool,
+    ) -> Result<Self, ResponseError> {
         let sent_header = Header::read(sent)?;
         let header = Header::read(resp)?;
         if header.id != sent_header.id
@@ -89,7 +104,12 @@ impl Answer {
         let mut starts = NameStarts::new(resp.len());
         let sent_question = &sent[HEADER_LEN..question_end];
         match resp.get(HEADER_LEN..question_end) {
-            Some(q) if q.eq_ignore_ascii_case(sent_question) => {}
+            Some(q) if q == sent_question => {}
+            Some(q) if q.eq_ignore_ascii_case(sent_question) => {
+                if exact_case {
+                    return Err(ResponseError::CaseMismatch);
+                }
+            }
             _ => return Err(ResponseError::Mismatch),
         }
         skip_name_tracked(resp, HEADER_LEN, &mut starts)?;

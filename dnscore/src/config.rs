@@ -18,9 +18,11 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 pub const DEFAULT_MAX_TTL: u32 = 86_400;
 /// Default ceiling on a negative answer's TTL: one hour (Unbound; RFC 2308 §5 suggests 1-3 h).
 pub const DEFAULT_NEGATIVE_MAX_TTL: u32 = 3_600;
-/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR); before an upstream
-/// has answered once, its attempts wait 400 ms (or this ceiling, if lower).
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(800);
+/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR, at least 1.5 ×
+/// SRTT); before an upstream has answered once, its attempts wait 400 ms (or this ceiling,
+/// if lower). High enough that a CoreDNS starved of CPU, answering after 800 ms, gets its
+/// answers in without re-sends; within the 2 s deadline.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Default floor on one attempt's adaptive timeout.
 pub const DEFAULT_MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
 /// Default transport failures in a row (port closed, reset, timeout) that mark an upstream
@@ -33,6 +35,13 @@ pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_MAX_PROBE_INTERVAL: Duration = Duration::from_secs(10);
 /// Default share of queries that may send a hedge (a second copy to another upstream).
 pub const DEFAULT_HEDGE_SHARE: f64 = 0.05;
+/// Default retry budget: speculative sends (hedges, re-sends after a timeout) allowed per
+/// first attempt, pool-wide, on top of a floor of 2 per second (Finagle's `RetryBudget`
+/// allows 20%, Envoy's `retry_budget` 20% of active requests; a pod's sidecar is one of
+/// thousands asking the same CoreDNS, so less).
+pub const DEFAULT_RETRY_BUDGET: f64 = 0.1;
+/// Default number of sticky UDP sockets per upstream (0: a fresh socket per attempt).
+pub const DEFAULT_UPSTREAM_SOCKETS: usize = 4;
 /// Default time a client waits for an upstream before it gets a stale answer (RFC 8767
 /// client response timer).
 pub const DEFAULT_STALE_ANSWER_TIMEOUT: Duration = Duration::from_millis(1800);
@@ -73,7 +82,10 @@ pub struct ResolverBuilder {
     probe_interval: Duration,
     max_probe_interval: Duration,
     hedge_share: f64,
+    retry_budget: f64,
     selection: Selection,
+    upstream_sockets: usize,
+    case_randomization: bool,
     stale_answer_timeout: Duration,
     max_stale: Duration,
     failure_ttl: Duration,
@@ -100,7 +112,10 @@ impl Default for ResolverBuilder {
             probe_interval: DEFAULT_PROBE_INTERVAL,
             max_probe_interval: DEFAULT_MAX_PROBE_INTERVAL,
             hedge_share: DEFAULT_HEDGE_SHARE,
+            retry_budget: DEFAULT_RETRY_BUDGET,
             selection: Selection::LowestRtt,
+            upstream_sockets: DEFAULT_UPSTREAM_SOCKETS,
+            case_randomization: false,
             stale_answer_timeout: DEFAULT_STALE_ANSWER_TIMEOUT,
             max_stale: DEFAULT_MAX_STALE,
             failure_ttl: DEFAULT_FAILURE_TTL,
@@ -152,10 +167,11 @@ impl ResolverBuilder {
         self
     }
 
-    /// Ceiling on one attempt's timeout (default 800 ms), after which another upstream is
-    /// asked as well. The timeout adapts to the upstream's RTT (SRTT + 4·RTTVAR) between the
-    /// floor and this ceiling; before the upstream's first answer it is 400 ms, within them.
-    /// Earlier attempts keep listening: whichever valid answer comes first wins.
+    /// Ceiling on one attempt's timeout (default 1.5 s), after which another upstream may be
+    /// asked as well, within the retry budget. The timeout adapts to the upstream's RTT
+    /// (SRTT + 4·RTTVAR, at least 1.5 × SRTT) between the floor and this ceiling; before the
+    /// upstream's first answer it is 400 ms, within them. Earlier attempts keep listening:
+    /// whichever valid answer comes first wins.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self
@@ -191,6 +207,40 @@ impl ResolverBuilder {
     /// about the first upstream's p95 RTT (default 0.05; 0 disables hedging).
     pub fn hedge_share(mut self, share: f64) -> Self {
         self.hedge_share = share;
+        self
+    }
+
+    /// Retry budget (default 0.1): speculative sends, hedges and re-sends after a timeout
+    /// to an upstream not known to be dead, allowed per first attempt, pool-wide, on top of
+    /// a floor of 2 per second (at most 20 saved up). When it is spent a timed-out query
+    /// keeps waiting for what it sent, up to its deadline, instead of sending again; the
+    /// refusals are counted in [`Stats::retries_refused`](crate::Stats::retries_refused).
+    /// Re-driving a query stranded on an upstream or socket known to be dead (port refused,
+    /// upstream marked down or removed) is never refused. Whatever the budget, a query
+    /// sends at most twice to one upstream.
+    pub fn retry_budget(mut self, ratio: f64) -> Self {
+        self.retry_budget = ratio;
+        self
+    }
+
+    /// Sticky UDP sockets per upstream (default 4; 0 for a fresh socket per attempt). Each
+    /// carries many queries at once, so a pod's misses cost the node a handful of conntrack
+    /// entries instead of one per miss. A socket is retired, and replaced by one on a new
+    /// port, when its port is refused, when an attempt on it times out, on a burst of
+    /// forged or mismatched answers (its queries then go over TCP), and after 4096 queries
+    /// or a minute. See the crate docs for the security trade-off.
+    pub fn upstream_sockets(mut self, sockets: usize) -> Self {
+        self.upstream_sockets = sockets;
+        self
+    }
+
+    /// 0x20 case randomisation (default off; Unbound's `use-caps-for-id`): the letters of
+    /// each UDP query's name are randomised, and an answer must echo them exactly, which
+    /// adds a bit per letter that an off-path spoofer must guess. An upstream seen to
+    /// answer in another case is asked in plain case from then on (the query that showed
+    /// it is asked again at once).
+    pub fn case_randomization(mut self, enabled: bool) -> Self {
+        self.case_randomization = enabled;
         self
     }
 
@@ -251,10 +301,9 @@ impl ResolverBuilder {
     }
 
     /// How many attempts one query may make in all (default: twice the number of upstreams,
-    /// at least 6). A single upstream that is a Service IP needs them while its DNAT still
-    /// sends some fresh sockets to a dead endpoint. Against a silent upstream the timeouts
-    /// double from one attempt to the next, so six fit in the default deadline from the
-    /// 50 ms floor (sent at 0, 50, 150, 350, 750 and 1550 ms).
+    /// at least 6); each upstream is sent to at most twice per query, and retries after a
+    /// timeout come out of the retry budget. Against a silent upstream the timeouts double
+    /// from one attempt to the next (50, 100, 200 ms... from the floor).
     pub fn max_attempts(mut self, attempts: usize) -> Self {
         self.max_attempts = Some(attempts);
         self
@@ -300,6 +349,9 @@ impl ResolverBuilder {
         if !(0.0..=1.0).contains(&self.hedge_share) {
             return Err(Error::Config("hedge_share must be between 0 and 1"));
         }
+        if !(0.0..=1.0).contains(&self.retry_budget) {
+            return Err(Error::Config("retry_budget must be between 0 and 1"));
+        }
         if self.max_in_flight == 0 || self.max_waiters == 0 {
             return Err(Error::Config(
                 "max_in_flight and max_waiters must be at least 1",
@@ -325,7 +377,10 @@ impl ResolverBuilder {
             probe_interval: self.probe_interval,
             max_probe_interval: self.max_probe_interval.max(self.probe_interval),
             hedge_share: self.hedge_share,
+            retry_budget: self.retry_budget,
             selection: self.selection,
+            upstream_sockets: self.upstream_sockets,
+            case_randomization: self.case_randomization,
             tcp_connections: self.tcp_connections,
             tcp_idle_timeout: self.tcp_idle_timeout,
         };

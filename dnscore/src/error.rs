@@ -76,6 +76,14 @@ pub enum UpstreamError {
     /// The upstream's answer matched the query but could not be parsed.
     #[error("{0} sent a malformed answer")]
     Malformed(SocketAddr),
+    /// A burst of forged or mismatched datagrams arrived on the socket the query waited on;
+    /// the socket was retired and the query is asked again over TCP.
+    #[error("{0}: forged or mismatched answers on the socket; asked over TCP")]
+    Spoofed(SocketAddr),
+    /// With 0x20 case randomisation, the upstream's answer did not echo the question's
+    /// letter case: it is asked without randomisation from now on.
+    #[error("{0} does not preserve the question's letter case (0x20 turned off for it)")]
+    CaseNotPreserved(SocketAddr),
     /// The upstream was found dead (or removed from the list) while the attempt waited;
     /// the query went to another upstream.
     #[error("{0} was found dead while the query waited; re-driven")]

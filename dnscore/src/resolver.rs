@@ -297,6 +297,7 @@ impl Resolver {
             failures: c.failures.get(),
             cache_entries: self.inner.cache.len(),
             in_flight: self.inner.dedup.len(),
+            retries_refused: self.inner.pool.retries_refused(),
             upstreams: self.inner.pool.stats(),
         }
     }

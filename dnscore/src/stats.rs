@@ -81,6 +81,10 @@ pub struct Stats {
     pub cache_entries: usize,
     /// Distinct upstream queries in flight.
     pub in_flight: usize,
+    /// Speculative upstream sends (hedges, and re-sends after a timeout to an upstream not
+    /// known to be dead) that the retry budget refused: those queries waited on what they
+    /// had sent instead.
+    pub retries_refused: u64,
     /// One entry per upstream.
     pub upstreams: Vec<UpstreamStats>,
 }
@@ -105,6 +109,10 @@ pub struct UpstreamStats {
     pub error_rcodes: u64,
     /// Times the queries outstanding on it were re-driven elsewhere.
     pub redrives: u64,
+    /// UDP sockets opened to it (each is a 5-tuple: a conntrack entry on the node).
+    pub sockets_opened: u64,
+    /// Datagrams from it that answered nothing outstanding: forged, late or mismatched.
+    pub suspicious_datagrams: u64,
     /// When it last answered.
     pub last_success: Option<Instant>,
     /// Answer RTTs: (upper bound in seconds, answers in that bucket, not cumulative); the

@@ -393,6 +393,37 @@ pub(crate) fn upstream_query(key: crate::query::Key<'_>, id: u16) -> Vec<u8> {
     out
 }
 
+/// Randomises the letter case of the question name of `msg` (a query we built: the name
+/// starts right after the header, uncompressed), for 0x20 (draft-vixie-dnsext-dns0x20):
+/// each letter is flipped with probability one half, adding a bit per letter that an
+/// off-path spoofer must guess.
+pub(crate) fn randomize_case(msg: &mut [u8]) {
+    let mut pos = HEADER_LEN;
+    let mut bits: u64 = rand::random();
+    let mut left = 64;
+    while let Some(&len) = msg.get(pos) {
+        let len = usize::from(len);
+        if len == 0 || len > 63 {
+            break;
+        }
+        let end = (pos + 1 + len).min(msg.len());
+        for byte in &mut msg[pos + 1..end] {
+            if byte.is_ascii_alphabetic() {
+                if left == 0 {
+                    bits = rand::random();
+                    left = 64;
+                }
+                if bits & 1 == 1 {
+                    *byte ^= 0x20;
+                }
+                bits >>= 1;
+                left -= 1;
+            }
+        }
+        pos = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,5 +467,34 @@ mod tests {
         let mut reserved = vec![0u8; 12];
         reserved.extend_from_slice(&[0x41, 0]);
         assert_eq!(skip_name(&reserved, 12), Err(Malformed));
+    }
+
+    #[test]
+    fn randomize_case_flips_letters_of_the_name_only() {
+        let key = {
+            let mut k = vec![
+                7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'c', b'o', b'm', 0,
+            ];
+            k.extend_from_slice(&[0, 1, 0, 1, 0]);
+            k
+        };
+        let plain = upstream_query(crate::query::Key(&key), 0x4142);
+        let mut seen_upper = false;
+        for _ in 0..20 {
+            let mut q = plain.clone();
+            randomize_case(&mut q);
+            assert_eq!(q.len(), plain.len());
+            assert_eq!(q[..HEADER_LEN], plain[..HEADER_LEN], "header untouched");
+            assert!(q.eq_ignore_ascii_case(&plain), "only case changes");
+            assert_eq!(q[HEADER_LEN], 7, "label lengths untouched");
+            assert_eq!(q[HEADER_LEN + 8], 3);
+            assert_eq!(
+                q[HEADER_LEN + 13..],
+                plain[HEADER_LEN + 13..],
+                "type, class, OPT"
+            );
+            seen_upper |= q != plain;
+        }
+        assert!(seen_upper, "20 queries of 10 letters: some letter flipped");
     }
 }

@@ -51,9 +51,11 @@ fn main() {
     write_all(&root.join("tcp_stream"), &streams);
 
     let mut answers = Vec::new();
+    let mut udp_answers = Vec::new();
     for (i, client) in answer_target_queries().iter().enumerate() {
         let sent = upstream_query_for(client).expect("the fixed queries are answerable");
         let udp = f.rt.block_on(ask_udp(f.upstream.addr(), &sent));
+        udp_answers.push(udp.clone());
         let tcp = f.rt.block_on(ask_tcp(f.upstream.addr(), &sent));
         for answer in [udp, tcp.clone()] {
             answers.push([&[i as u8][..], &answer].concat());
@@ -70,6 +72,44 @@ fn main() {
         }
     }
     write_all(&root.join("upstream_answer"), &answers);
+
+    // pooled_receive scripts (see dnscore::fuzzing::pooled_receive): 0 = a datagram (two
+    // length bytes, top bit: patch its ID to that of the query numbered by the next byte),
+    // 1 = the last one again, 2 = a caller gives up query n, 3 = the socket closes.
+    let datagram = |target: Option<u8>, bytes: &[u8]| {
+        let len = bytes.len() as u16 | if target.is_some() { 0x8000 } else { 0 };
+        let mut op = vec![0];
+        op.extend_from_slice(&len.to_be_bytes());
+        op.extend(target);
+        op.extend_from_slice(bytes);
+        op
+    };
+    let every_answer: Vec<u8> = udp_answers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, a)| datagram(Some(i as u8), a))
+        .collect();
+    let duplicate_late_closed = [
+        datagram(Some(0), &udp_answers[0]),
+        vec![1],
+        vec![2, 2],
+        datagram(Some(2), &udp_answers[2]),
+        vec![3],
+        datagram(Some(4), &udp_answers[4]),
+    ]
+    .concat();
+    let stray_burst: Vec<u8> = (0..9u8)
+        .flat_map(|i| datagram(None, &[i, i, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0]))
+        .collect();
+    let mismatched = [
+        datagram(Some(1), &udp_answers[3]),
+        datagram(Some(0), &udp_answers[0][..20]),
+    ]
+    .concat();
+    write_all(
+        &root.join("pooled_receive"),
+        &[every_answer, duplicate_late_closed, stray_burst, mismatched],
+    );
 }
 
 async fn ask_udp(upstream: std::net::SocketAddr, q: &[u8]) -> Vec<u8> {

@@ -8,15 +8,11 @@
 //! sent that socket to a dead endpoint). Selection's figure also takes the time an attempt
 //! waited in vain, so that a silent or slow upstream is avoided at once.
 //!
-//! The last few local ports that got an answer are kept too ([`GoodPorts`]): behind a
-//! Service IP each of those 5-tuples is pinned by conntrack to an endpoint that was alive a
-//! moment ago, which is where a retry should go while another endpoint is dead.
-//!
 //! Only transport failures count (port closed, connection reset, no answer in time): an
 //! upstream that answers SERVFAIL is alive, and a forged or malformed packet never reaches
 //! here at all, so an attacker cannot take an upstream out of rotation by spraying packets.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,45 +28,6 @@ const SAMPLE_MAX_AGE: Duration = Duration::from_secs(2);
 const INITIAL_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(400);
 /// The earliest a hedge is sent.
 const MIN_HEDGE_DELAY: Duration = Duration::from_millis(5);
-/// Local ports remembered per upstream.
-const GOOD_PORTS: usize = 8;
-/// How long a remembered port is used: well within conntrack's UDP timeout (30 s for an
-/// entry that saw one reply), so that its entry still pins the endpoint that answered.
-const GOOD_PORT_AGE: Duration = Duration::from_secs(10);
-
-/// The local UDP ports whose last exchange with the upstream got a valid answer, newest
-/// first in [`GoodPorts::recent`].
-#[derive(Debug, Default)]
-pub(crate) struct GoodPorts {
-    ring: Mutex<PortRing>,
-}
-
-/// Ports with when they were answered, and the slot the next one goes to.
-type PortRing = ([(u16, Option<Instant>); GOOD_PORTS], usize);
-
-impl GoodPorts {
-    /// `port` just got an answer.
-    pub(crate) fn record(&self, port: u16, now: Instant) {
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let (slots, next) = &mut *ring;
-        slots[*next] = (port, Some(now));
-        *next = (*next + 1) % GOOD_PORTS;
-    }
-
-    /// The ports answered within [`GOOD_PORT_AGE`], newest first.
-    pub(crate) fn recent(&self, now: Instant) -> Vec<u16> {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let (slots, next) = &*ring;
-        (1..=GOOD_PORTS)
-            .map(|back| slots[(next + GOOD_PORTS - back) % GOOD_PORTS])
-            .filter_map(|(port, at)| {
-                at.filter(|&at| now.saturating_duration_since(at) < GOOD_PORT_AGE)
-                    .map(|_| port)
-            })
-            .collect()
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     /// Smoothed RTT in seconds; `None` until the first answer.
@@ -151,8 +108,9 @@ pub(crate) struct Health {
     /// waiting and their queries go elsewhere at once.
     deaths: watch::Sender<u64>,
     pub(crate) counters: Counters,
-    /// Where a retry's socket is bound (see the module documentation).
-    pub(crate) good_ports: GoodPorts,
+    /// The upstream was seen not to echo a 0x20 question's letter case: it is asked in
+    /// plain case from then on.
+    case_unreliable: AtomicBool,
 }
 
 impl Default for Health {
@@ -161,7 +119,7 @@ impl Default for Health {
             state: Mutex::new(State::default()),
             deaths: watch::Sender::new(0),
             counters: Counters::default(),
-            good_ports: GoodPorts::default(),
+            case_unreliable: AtomicBool::new(false),
         }
     }
 }
@@ -272,13 +230,16 @@ impl Health {
     }
 
     /// How long an attempt waits before it counts as timed out: SRTT + 4·RTTVAR (RFC 6298
-    /// §2.3), clamped to `floor..=cap`; before the first answer, 400 ms (Unbound starts at
-    /// 376 ms) within the same bounds.
+    /// §2.3), and at least 1.5 × SRTT (an upstream that answers steadily late has a small
+    /// RTTVAR: its answers must not race the timeout), clamped to `floor..=cap`; before
+    /// the first answer, 400 ms (Unbound starts at 376 ms) within the same bounds.
     pub(crate) fn attempt_timeout(&self, floor: Duration, cap: Duration) -> Duration {
         let s = self.state();
         match s.srtt {
             None => INITIAL_ATTEMPT_TIMEOUT.clamp(floor, cap),
-            Some(srtt) => Duration::from_secs_f64(srtt + 4.0 * s.rttvar).clamp(floor, cap),
+            Some(srtt) => {
+                Duration::from_secs_f64(srtt + (4.0 * s.rttvar).max(srtt / 2.0)).clamp(floor, cap)
+            }
         }
     }
 
@@ -301,6 +262,17 @@ impl Health {
     /// A receiver that fires at the next re-drive.
     pub(crate) fn deaths(&self) -> watch::Receiver<u64> {
         self.deaths.subscribe()
+    }
+
+    /// Whether queries to it may randomise letter case (0x20).
+    pub(crate) fn preserves_case(&self) -> bool {
+        !self.case_unreliable.load(Ordering::Relaxed)
+    }
+
+    /// The upstream answered a 0x20 query in another letter case: stop randomising.
+    /// Returns true the first time.
+    pub(crate) fn case_not_preserved(&self) -> bool {
+        !self.case_unreliable.swap(true, Ordering::Relaxed)
     }
 
     /// When the upstream last answered.
@@ -365,21 +337,6 @@ mod tests {
         assert_eq!(h.selection_rtt(now), floor, "selection avoids it meanwhile");
         h.record_answer(Duration::from_millis(1), now);
         assert!(h.selection_rtt(now) < floor, "and answers bring it back");
-    }
-
-    #[test]
-    fn good_ports_are_the_recent_answers_newest_first() {
-        let ports = GoodPorts::default();
-        let now = Instant::now();
-        assert!(ports.recent(now).is_empty());
-        for port in 1000..1010 {
-            ports.record(port, now);
-        }
-        assert_eq!(ports.recent(now), (1002..1010).rev().collect::<Vec<_>>());
-        assert!(
-            ports.recent(now + GOOD_PORT_AGE).is_empty(),
-            "too old to trust"
-        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::answer::{Answer, ResponseError};
+use crate::answer::Answer;
 use crate::error::UpstreamError;
 use crate::query::Key;
 use crate::wire::upstream_query;
@@ -166,17 +166,18 @@ impl Connection {
             tracing::debug!(addr = %self.addr, id, "TCP answer for no pending query");
             return;
         };
-        let result = match Answer::parse(&waiting.query, frame, Instant::now()) {
-            Ok(answer) => Ok(answer),
-            // RFC 5452 §9.1: a mismatched answer does not end the wait.
-            Err(ResponseError::Mismatch) => {
-                tracing::debug!(addr = %self.addr, id, "TCP answer does not match its query");
+        let answer = match Answer::parse(&waiting.query, frame, Instant::now()) {
+            Ok(answer) => answer,
+            // RFC 5452 §9.1: a mismatched answer does not end the wait; nor does a
+            // malformed one (a query may come here after forged UDP answers, and the
+            // forger may be on the path).
+            Err(why) => {
+                tracing::debug!(addr = %self.addr, id, ?why, "dropped a TCP answer");
                 return;
             }
-            Err(ResponseError::Malformed) => Err(UpstreamError::Malformed(self.addr)),
         };
         if let Some(waiting) = pending.remove(&id) {
-            let _ = waiting.reply.send(result);
+            let _ = waiting.reply.send(Ok(answer));
         }
     }
 

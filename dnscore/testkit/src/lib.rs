@@ -32,7 +32,7 @@
 
 pub use hickory_proto;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
@@ -141,6 +141,9 @@ pub enum Behavior {
     /// Answer with TC=1 and no records over both UDP and TCP (a broken server;
     /// the resolver must not loop).
     TruncateAlways,
+    /// Answer from the zone, but with the question's name in lower case instead of echoing
+    /// its letter case (a server that breaks 0x20 case randomisation).
+    LowercaseQuestion,
 }
 
 /// A scriptable DNS server on a loopback port, for integration tests.
@@ -344,6 +347,12 @@ impl TestUpstream {
         self.inner().total.load(Ordering::SeqCst)
     }
 
+    /// The distinct source ports that well-formed UDP queries came from (each is a 5-tuple:
+    /// a conntrack entry on a node).
+    pub fn source_ports(&self) -> HashSet<u16> {
+        lock(&self.inner().source_ports).clone()
+    }
+
     /// How many TCP connections were accepted so far.
     pub fn tcp_connections(&self) -> usize {
         self.inner().tcp_connections.load(Ordering::SeqCst)
@@ -355,11 +364,12 @@ impl TestUpstream {
         lock(&self.inner().last_query).clone()
     }
 
-    /// Resets the query counters (per name, total, and TCP connections) and
+    /// Resets the query counters (per name, total, source ports and TCP connections) and
     /// forgets the last query.
     pub fn reset_counters(&self) {
         let inner = self.inner();
         lock(&inner.counters).clear();
+        lock(&inner.source_ports).clear();
         inner.total.store(0, Ordering::SeqCst);
         inner.tcp_connections.store(0, Ordering::SeqCst);
         *lock(&inner.last_query) = None;
@@ -409,6 +419,7 @@ struct Inner {
     apex: Name,
     zone: Mutex<HashMap<Name, Vec<Record>>>,
     counters: Mutex<HashMap<(Name, Proto), usize>>,
+    source_ports: Mutex<HashSet<u16>>,
     total: AtomicUsize,
     tcp_connections: AtomicUsize,
     last_query: Mutex<Option<Message>>,
@@ -537,6 +548,7 @@ impl Inner {
             apex,
             zone: Mutex::new(zone),
             counters: Mutex::new(HashMap::new()),
+            source_ports: Mutex::new(HashSet::new()),
             total: AtomicUsize::new(0),
             tcp_connections: AtomicUsize::new(0),
             last_query: Mutex::new(None),
@@ -881,6 +893,14 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
             let resp = inner.answer(&query);
             reply.send_message(&inner, &query, &resp).await;
         }
+        Behavior::LowercaseQuestion => {
+            let mut resp = inner.answer(&query);
+            for q in &mut resp.queries {
+                let lower = q.name().to_lowercase();
+                q.set_name(lower);
+            }
+            reply.send_message(&inner, &query, &resp).await;
+        }
         Behavior::TruncateUdp => {
             let resp = inner.answer(&query);
             let resp = match proto {
@@ -945,6 +965,7 @@ async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
                 let Some((query, behavior)) = inner.accept_query(&buf[..len], Proto::Udp) else {
                     continue;
                 };
+                lock(&inner.source_ports).insert(peer.port());
                 let reply = Reply::Udp {
                     sock: Arc::clone(&sock),
                     peer,
