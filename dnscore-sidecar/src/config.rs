@@ -154,6 +154,14 @@ pub struct Settings {
     /// Cached answers at most [default: 10000].
     #[arg(long, env = "DNSCORE_CACHE_CAPACITY")]
     pub cache_capacity: Option<usize>,
+    /// Sticky UDP sockets per upstream, each carrying many queries (a conntrack entry each
+    /// on the node); 0 for a fresh socket per upstream query [default: 4].
+    #[arg(long, env = "DNSCORE_UPSTREAM_SOCKETS")]
+    pub upstream_sockets: Option<usize>,
+    /// Randomise the letter case of upstream queries (0x20) and require it echoed
+    /// [default: false].
+    #[arg(long, env = "DNSCORE_CASE_RANDOMIZATION", num_args = 0..=1, default_missing_value = "true")]
+    pub case_randomization: Option<bool>,
     /// Address of /metrics, /health and /ready [default: 127.0.0.1:9153].
     #[arg(long, env = "DNSCORE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -228,6 +236,10 @@ pub struct Config {
     pub discover: Option<(String, u16, Duration)>,
     /// See [`Settings::cache_capacity`].
     pub cache_capacity: usize,
+    /// See [`Settings::upstream_sockets`].
+    pub upstream_sockets: usize,
+    /// See [`Settings::case_randomization`].
+    pub case_randomization: bool,
     /// See [`Settings::metrics_listen`].
     pub metrics_listen: SocketAddr,
     /// See [`Settings::lameduck`].
@@ -257,6 +269,14 @@ impl Config {
             ("listen", self.listen != next.listen),
             ("metrics-listen", self.metrics_listen != next.metrics_listen),
             ("workers", self.workers != next.workers),
+            (
+                "upstream-sockets",
+                self.upstream_sockets != next.upstream_sockets,
+            ),
+            (
+                "case-randomization",
+                self.case_randomization != next.case_randomization,
+            ),
             ("discover", self.discover != next.discover),
             ("lameduck", self.lameduck != next.lameduck),
             ("allow", self.allow != next.allow),
@@ -295,6 +315,8 @@ impl Settings {
             discover_port: self.discover_port.or(lower.discover_port),
             discover_interval: self.discover_interval.or(lower.discover_interval),
             cache_capacity: self.cache_capacity.or(lower.cache_capacity),
+            upstream_sockets: self.upstream_sockets.or(lower.upstream_sockets),
+            case_randomization: self.case_randomization.or(lower.case_randomization),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             lameduck: self.lameduck.or(lower.lameduck),
             workers: self.workers.or(lower.workers),
@@ -332,6 +354,14 @@ impl Settings {
         if cache_capacity == 0 {
             return Err(ConfigError::Invalid("cache-capacity must be at least 1"));
         }
+        let upstream_sockets = self
+            .upstream_sockets
+            .unwrap_or(dnscore::DEFAULT_UPSTREAM_SOCKETS);
+        if upstream_sockets > 64 {
+            return Err(ConfigError::Invalid(
+                "upstream-sockets must be between 0 and 64",
+            ));
+        }
         Ok(Config {
             listen,
             upstreams,
@@ -340,6 +370,8 @@ impl Settings {
                 (name, self.discover_port.unwrap_or(53), interval)
             }),
             cache_capacity,
+            upstream_sockets,
+            case_randomization: self.case_randomization.unwrap_or(false),
             metrics_listen: self
                 .metrics_listen
                 .unwrap_or_else(|| ([127, 0, 0, 1], 9153).into()),

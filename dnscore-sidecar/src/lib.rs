@@ -7,8 +7,13 @@
 //! the load over the cores. TCP connections are pipelined (RFC 7766 §6.2.1.1): each query
 //! is answered as soon as its answer is ready, in any order.
 //!
-//! Modules: [`access`] (who may ask), [`metrics`] and [`admin`] (`/metrics`, `/health`,
-//! `/ready`), [`config`] (flags, environment, TOML file), [`resolv_conf`] (default upstreams).
+//! Both transports take one step per query (`Context::answer_now`, then
+//! `Context::resolve_later` for a miss): the query is parsed and looked up once; a miss is
+//! handed, parsed, to a task.
+//!
+//! Modules: [`udp`] and [`tcp`] (the servers), [`access`] (who may ask), [`metrics`] and
+//! [`admin`] (`/metrics`, `/health`, `/ready`), [`config`] (flags, environment, TOML file),
+//! [`resolv_conf`] (default upstreams).
 #![deny(missing_docs)]
 
 pub mod access;
@@ -18,28 +23,22 @@ pub mod inject;
 pub mod metrics;
 pub mod ratelimit;
 pub mod resolv_conf;
+pub mod tcp;
 pub mod udp;
+
+pub use tcp::{MAX_PIPELINED, MAX_TCP_CONNECTIONS, TCP_IDLE_TIMEOUT, serve_stream};
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dnscore::{Resolver, Transport};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use dnscore::{Cached, Miss, Resolver, Transport};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
 
 use access::Access;
 use metrics::{Metrics, Protocol, QueryCounters, Waiting};
 
-/// Simultaneous client TCP connections; past it new ones wait in the listen backlog.
-pub const MAX_TCP_CONNECTIONS: usize = 256;
-/// Queries one TCP connection may have waiting for an upstream; past it the connection is
-/// not read until one is answered (back-pressure on a client that pipelines without end).
-pub const MAX_PIPELINED: usize = 128;
-/// A client TCP connection idle this long is closed (RFC 7766 §6.2.3 suggests seconds).
-pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight queries may take to finish after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// The response code sent for ANY queries when they are refused (RFC 1035 NOTIMP).
@@ -71,22 +70,63 @@ impl Context {
         }
     }
 
-    /// The answer to `query` that needs no upstream, written to `out`: a cache hit, or
-    /// NOTIMP for ANY when bound beyond loopback. `Ok(false)`: a miss, to resolve;
-    /// `Err`: drop the packet.
+    /// The first half of the one step both transports take for each query: the answer
+    /// that needs no upstream (a cache hit, or NOTIMP for ANY when bound beyond loopback),
+    /// written to `out` and counted: `Ok(None)`. A miss comes back parsed, for
+    /// [`resolve_later`](Self::resolve_later); `Err`: drop the packet.
     fn answer_now(
         &self,
         query: &[u8],
-        transport: Transport,
+        protocol: Protocol,
+        counters: &QueryCounters,
         out: &mut Vec<u8>,
-    ) -> Result<bool, dnscore::Error> {
-        if self.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
-            return match dnscore::message::reply_with_rcode(query, NOTIMP, out) {
-                true => Ok(true),
-                false => Err(dnscore::Error::Malformed),
+    ) -> Result<Option<Miss>, dnscore::Error> {
+        let transport = match protocol {
+            Protocol::Udp => Transport::Udp,
+            Protocol::Tcp => Transport::Tcp,
+        };
+        let cached =
+            if self.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
+                if !dnscore::message::reply_with_rcode(query, NOTIMP, out) {
+                    return Err(dnscore::Error::Malformed);
+                }
+                Cached::Answered { qtype: Some(ANY) }
+            } else {
+                self.resolver.answer_cached(query, transport, out)?
             };
+        match cached {
+            Cached::Answered { qtype } => {
+                counters.count(protocol, qtype, out);
+                Ok(None)
+            }
+            Cached::Miss(miss) => Ok(Some(miss)),
         }
-        self.resolver.resolve_cached(query, transport, out)
+    }
+
+    /// The second half: resolves `miss` on a task of `runtime`, counts it (and shows it in
+    /// the `in_flight` gauge meanwhile), and hands the response to `reply`; `hold` (a slot,
+    /// a shutdown guard) is released after that.
+    fn resolve_later<F>(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        miss: Miss,
+        protocol: Protocol,
+        counters: &Arc<QueryCounters>,
+        hold: impl Send + 'static,
+        reply: impl FnOnce(Vec<u8>) -> F + Send + 'static,
+    ) where
+        F: Future<Output = ()> + Send,
+    {
+        let (resolver, counters) = (self.resolver.clone(), Arc::clone(counters));
+        let waiting = Waiting::new(&self.metrics);
+        runtime.spawn(async move {
+            let qtype = miss.qtype();
+            let mut out = Vec::new();
+            resolver.resolve_miss(miss, &mut out).await;
+            counters.count(protocol, Some(qtype), &out);
+            reply(out).await;
+            drop((waiting, hold));
+        });
     }
 }
 
@@ -119,7 +159,7 @@ pub async fn serve_with(
             Err(err) => tracing::error!(%err, "cannot start a UDP receive thread"),
         }
     }
-    let tcp = tokio::spawn(serve_tcp(tcp, ctx, in_flight.clone()));
+    let tcp = tokio::spawn(tcp::serve_tcp(tcp, ctx, in_flight.clone()));
     shutdown.await;
     tracing::info!("stopped reading; finishing the queries in flight");
     stop.store(true, Ordering::Release);
@@ -130,135 +170,19 @@ pub async fn serve_with(
     in_flight.wait(SHUTDOWN_GRACE).await;
 }
 
-async fn serve_tcp(listener: TcpListener, ctx: Context, in_flight: InFlight) {
-    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
-    let counters = ctx.metrics.worker();
-    loop {
-        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::debug!(%err, "TCP accept failed");
-                continue;
-            }
-        };
-        if !ctx.access.allows(peer.ip()) {
-            ctx.metrics.refused_clients.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let (ctx, counters, guard) = (ctx.clone(), Arc::clone(&counters), in_flight.enter(None));
-        tokio::spawn(async move {
-            ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
-            serve_stream_with(stream, &ctx, counters).await;
-            ctx.metrics.tcp_connections.fetch_sub(1, Ordering::Relaxed);
-            tracing::trace!(%peer, "TCP connection closed");
-            drop((permit, guard));
-        });
-    }
-}
-
-/// Serves one client stream (a TCP connection, after `serve` accepted it): reads queries
-/// framed with a two-byte length (RFC 1035 §4.2.2) until the client closes the stream, idles
-/// for [`TCP_IDLE_TIMEOUT`] or sends a packet that must be dropped, and writes each answer,
-/// framed the same way, as soon as it is ready, in any order (RFC 7766 §6.2.1.1). Returns
-/// after the last answer is written and the write side is shut down.
-///
-/// Generic over the stream so that tests and the fuzz targets can drive it through
-/// [`tokio::io::duplex`]. Must run inside a tokio runtime (misses are spawned).
-pub async fn serve_stream<S>(stream: S, resolver: Resolver)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let ctx = Context::new(resolver);
-    let counters = ctx.metrics.worker();
-    serve_stream_with(stream, &ctx, counters).await;
-}
-
-async fn serve_stream_with<S>(stream: S, ctx: &Context, counters: Arc<QueryCounters>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut read, mut write) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
-    let writer = tokio::spawn(async move {
-        // One buffer for the connection's frames, not one per answer.
-        let mut frame = Vec::new();
-        while let Some(msg) = rx.recv().await {
-            let Ok(len) = u16::try_from(msg.len()) else {
-                continue;
-            };
-            frame.clear();
-            frame.extend_from_slice(&len.to_be_bytes());
-            frame.extend_from_slice(&msg);
-            if write.write_all(&frame).await.is_err() {
-                break;
-            }
-        }
-        let _ = write.shutdown().await;
-    });
-    let pipelined = Arc::new(Semaphore::new(MAX_PIPELINED));
-    let mut buf = Vec::new();
-    loop {
-        let len = match tokio::time::timeout(TCP_IDLE_TIMEOUT, read.read_u16()).await {
-            Ok(Ok(len)) => usize::from(len),
-            _ => break,
-        };
-        buf.resize(len, 0);
-        if read.read_exact(&mut buf).await.is_err() {
-            break;
-        }
-        let mut out = Vec::new();
-        match ctx.answer_now(&buf, Transport::Tcp, &mut out) {
-            Ok(true) => {
-                counters.count(Protocol::Tcp, &buf, &out);
-                if tx.send(out).await.is_err() {
-                    break;
-                }
-            }
-            Ok(false) => {
-                let Ok(slot) = Arc::clone(&pipelined).acquire_owned().await else {
-                    break;
-                };
-                let (query, resolver, tx) = (buf.clone(), ctx.resolver.clone(), tx.clone());
-                let (counters, waiting) = (Arc::clone(&counters), Waiting::new(&ctx.metrics));
-                tokio::spawn(async move {
-                    if resolver
-                        .resolve_into(&query, Transport::Tcp, &mut out)
-                        .await
-                        .is_ok()
-                    {
-                        counters.count(Protocol::Tcp, &query, &out);
-                        let _ = tx.send(out).await;
-                    }
-                    drop((slot, waiting));
-                });
-            }
-            Err(_) => break,
-        }
-    }
-    // Answers still being resolved hold clones of `tx`; the writer ends after the last.
-    drop(tx);
-    let _ = writer.await;
-}
-
 /// Counts the work in flight so that shutdown can wait for it (and `/metrics` can show it).
 #[derive(Clone, Default)]
 struct InFlight(Arc<()>);
 
-/// One unit of work in flight: a query (counted in the `in_flight` gauge) or a connection.
+/// One unit of work in flight: a query or a connection.
 struct Entered {
     _count: Arc<()>,
-    _query: Option<Waiting>,
 }
 
 impl InFlight {
-    fn enter(&self, query: Option<&Arc<Metrics>>) -> Entered {
+    fn enter(&self) -> Entered {
         Entered {
             _count: Arc::clone(&self.0),
-            _query: query.map(Waiting::new),
         }
     }
 

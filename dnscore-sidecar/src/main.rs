@@ -121,6 +121,8 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
     let resolver = dnscore::Resolver::builder()
         .upstreams(config.upstreams.iter().copied())
         .cache_capacity(config.cache_capacity)
+        .upstream_sockets(config.upstream_sockets)
+        .case_randomization(config.case_randomization)
         .build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)

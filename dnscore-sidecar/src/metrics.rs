@@ -63,10 +63,10 @@ impl QueryCounters {
         }
     }
 
-    /// Counts one answered query.
+    /// Counts one answered query of type `qtype` (when it could be read).
     #[inline]
-    pub fn count(&self, protocol: Protocol, query: &[u8], response: &[u8]) {
-        let qtype = dnscore::message::question_type(query)
+    pub fn count(&self, protocol: Protocol, qtype: Option<u16>, response: &[u8]) {
+        let qtype = qtype
             .and_then(|t| QTYPES.iter().position(|&(code, _)| code == t))
             .unwrap_or(OTHER_QTYPE);
         let rcode = dnscore::message::response_code(response)
@@ -289,8 +289,14 @@ impl Collector for Snapshot {
             "Distinct upstream queries in flight",
             s.in_flight as i64,
         )?;
+        counter(
+            &mut encoder,
+            "upstream_retries_refused",
+            "Speculative upstream sends (hedges, re-sends after a timeout) the retry budget refused",
+            s.retries_refused,
+        )?;
 
-        let families: [(&str, &str, UpstreamCounter); 5] = [
+        let families: [(&str, &str, UpstreamCounter); 7] = [
             ("upstream_attempts", "Attempts sent to the upstream", |u| {
                 u.attempts
             }),
@@ -313,6 +319,16 @@ impl Collector for Snapshot {
                 "upstream_redrives",
                 "Times its outstanding queries were re-driven",
                 |u| u.redrives,
+            ),
+            (
+                "upstream_sockets_opened",
+                "UDP sockets opened to the upstream (a conntrack entry each)",
+                |u| u.sockets_opened,
+            ),
+            (
+                "upstream_suspicious_datagrams",
+                "Datagrams from the upstream that answered nothing outstanding (forged, late, mismatched)",
+                |u| u.suspicious_datagrams,
             ),
         ];
         for (name, help, value) in families {

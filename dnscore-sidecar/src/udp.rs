@@ -4,8 +4,8 @@
 //! On a cache hit the system calls are nearly all the cost (the resolver's part is a few
 //! hundred nanoseconds), so a hit must not pay a reactor wake-up, and a busy socket should
 //! not pay two calls per query: one `recvmmsg` takes what is queued (up to [`BATCH`],
-//! waiting only for the first), one `sendmmsg` sends the answers. Misses are spawned on the
-//! runtime and send their own answer when it comes.
+//! waiting only for the first), one `sendmmsg` sends the answers. Misses are handed,
+//! parsed, to a task on the runtime, which sends its answer without blocking when it comes.
 //!
 //! `recvmmsg` comes from nix, `sendmmsg` from rustix (nix's cannot report how many messages
 //! went without reading memory it never initialised); both keep `unsafe` out of this crate.
@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dnscore::Transport;
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
 use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
@@ -160,41 +159,25 @@ impl Receiver {
         }
         let query = &self.queries[range];
         let out = &mut self.answers[self.peers.len()];
-        let Ok(hit) = ctx.answer_now(query, Transport::Udp, out) else {
-            tracing::debug!(%addr, len = query.len(), "dropped an unanswerable packet");
-            return;
-        };
-        if hit {
-            self.counters.count(Protocol::Udp, query, out);
-            self.peers.push(SocketAddrAny::from(addr));
-        } else {
-            self.spawn_miss(query.to_vec(), addr);
-        }
-    }
-
-    fn spawn_miss(&self, query: Vec<u8>, peer: SocketAddr) {
-        let (socket, ctx, counters) = (
-            Arc::clone(&self.socket),
-            self.ctx.clone(),
-            Arc::clone(&self.counters),
-        );
-        let guard = self.in_flight.enter(Some(&ctx.metrics));
-        self.runtime.spawn(async move {
-            let mut out = Vec::new();
-            if ctx
-                .resolver
-                .resolve_into(&query, Transport::Udp, &mut out)
-                .await
-                .is_ok()
-            {
-                counters.count(Protocol::Udp, &query, &out);
-                // A UDP send does not wait for the peer: blocking here is brief.
-                if let Err(err) = socket.send_to(&out, peer) {
-                    tracing::debug!(%err, %peer, "UDP send failed");
-                }
+        match ctx.answer_now(query, Protocol::Udp, &self.counters, out) {
+            Ok(None) => self.peers.push(SocketAddrAny::from(addr)),
+            Ok(Some(miss)) => {
+                let socket = Arc::clone(&self.socket);
+                let guard = self.in_flight.enter();
+                ctx.resolve_later(
+                    &self.runtime,
+                    miss,
+                    Protocol::Udp,
+                    &self.counters,
+                    guard,
+                    move |out| {
+                        send_now(&socket, &out, addr);
+                        std::future::ready(())
+                    },
+                );
             }
-            drop(guard);
-        });
+            Err(_) => tracing::debug!(%addr, len = query.len(), "dropped an unanswerable packet"),
+        }
     }
 
     /// Sends this batch's answers, with as few `sendmmsg` calls as the kernel allows: a
@@ -225,6 +208,14 @@ impl Receiver {
         }
         drop(messages);
         self.peers.clear();
+    }
+}
+
+/// Sends one answer without blocking: a task must not wait on a full socket buffer (the
+/// client asks again if the answer is dropped).
+fn send_now(socket: &std::net::UdpSocket, answer: &[u8], peer: SocketAddr) {
+    if let Err(err) = rustix::net::sendto(socket, answer, SendFlags::DONTWAIT, &peer) {
+        tracing::debug!(%err, %peer, "UDP send failed");
     }
 }
 

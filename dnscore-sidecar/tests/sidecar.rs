@@ -512,3 +512,52 @@ async fn rate_limit_drops_a_client_over_its_budget() {
     let _ = stop.send(());
     server.await.unwrap();
 }
+
+/// Misses keep the promise hits keep: 2,000 lookups of distinct names through the sidecar
+/// (UDP clients, 50 at a time, and some over TCP) reach the upstream from a handful of
+/// sticky sockets, so they cost the node a handful of conntrack entries, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_names_through_the_sidecar_use_few_upstream_ports() {
+    let up = TestUpstream::start().await.unwrap();
+    for i in 0..2000 {
+        up.add_record(&format!("u{i}.test."), RData::A(A::new(192, 0, 2, 9)), 300);
+    }
+    let sidecar = Sidecar::start(&[up.addr()]).await;
+    for batch in 0..40u16 {
+        let asks: Vec<_> = (0..50u16)
+            .map(|i| {
+                let n = batch * 50 + i;
+                let server = sidecar.addr;
+                tokio::spawn(async move {
+                    let msg = query(n, &format!("u{n}.test."), RecordType::A, false);
+                    if n % 10 == 0 {
+                        let mut tcp = TcpStream::connect(server).await.unwrap();
+                        let mut frame = (msg.len() as u16).to_be_bytes().to_vec();
+                        frame.extend_from_slice(&msg);
+                        tcp.write_all(&frame).await.unwrap();
+                        return Some(read_frame(&mut tcp).await);
+                    }
+                    for _ in 0..3 {
+                        if let Some(answer) = ask_udp(server, &msg).await {
+                            return Some(answer);
+                        }
+                    }
+                    None
+                })
+            })
+            .collect();
+        for ask in asks {
+            let answer = ask.await.unwrap().expect("answered");
+            assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(answer.answers.len(), 1);
+        }
+    }
+    let ports = up.source_ports();
+    eprintln!(
+        "2000 distinct names through the sidecar: {} upstream source ports",
+        ports.len()
+    );
+    assert!(ports.len() <= 64, "{} ports", ports.len());
+    assert_eq!(up.queries("u1999.test.", Proto::Udp), 1);
+    sidecar.stop().await;
+}

@@ -6,9 +6,9 @@
 use tokio::time::Instant;
 
 use crate::answer::Answer;
-use crate::upstream::UdpReply as Reply;
 use crate::cache::TtlPolicy;
 use crate::query::{self, Key};
+use crate::upstream::UdpReply as Reply;
 use crate::wire::upstream_query;
 
 /// Reads `client` as a client query; if it is answerable, treats `response` (with its ID
@@ -181,7 +181,11 @@ pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
                 }
             }
             Matched::Suspicious | Matched::Burst => {
-                assert_eq!(state.outstanding(), before, "a dropped datagram ends nothing");
+                assert_eq!(
+                    state.outstanding(),
+                    before,
+                    "a dropped datagram ends nothing"
+                );
                 receipt.suspicious += 1;
                 receipt.bursts += usize::from(matched == Matched::Burst);
             }

@@ -80,7 +80,54 @@ pub(crate) struct Query<'a> {
     pub(crate) key: KeyBuf,
 }
 
+/// A parsed query that owns its bytes: a cache miss handed to a task, parsed once.
+#[derive(Clone)]
+pub(crate) struct OwnedQuery {
+    msg: Box<[u8]>,
+    header: Header,
+    question_end: usize,
+    edns: Option<Edns>,
+    key: KeyBuf,
+}
+
+impl OwnedQuery {
+    /// The query as [`parse`] gave it.
+    pub(crate) fn view(&self) -> Query<'_> {
+        Query {
+            msg: &self.msg,
+            header: self.header,
+            question_end: self.question_end,
+            edns: self.edns,
+            key: self.key.clone(),
+        }
+    }
+
+    /// The client's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.msg
+    }
+}
+
 impl Query<'_> {
+    /// A copy that owns its bytes, to answer later.
+    pub(crate) fn to_owned(&self) -> OwnedQuery {
+        OwnedQuery {
+            msg: self.msg.into(),
+            header: self.header,
+            question_end: self.question_end,
+            edns: self.edns,
+            key: self.key.clone(),
+        }
+    }
+
+    /// The question's type.
+    pub(crate) fn qtype(&self) -> u16 {
+        u16::from_be_bytes([
+            self.msg[self.question_end - 4],
+            self.msg[self.question_end - 3],
+        ])
+    }
+
     /// The client's question section.
     pub(crate) fn question(&self) -> &[u8] {
         &self.msg[HEADER_LEN..self.question_end]

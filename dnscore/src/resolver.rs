@@ -12,7 +12,7 @@ use crate::answer::Answer;
 use crate::cache::{AnswerCache, Freshness};
 use crate::dedup::{Dedup, Role};
 use crate::error::{Error, UpstreamError};
-use crate::query::{self, Query};
+use crate::query::{self, OwnedQuery, Query};
 use crate::stats::{Counters, Stats};
 use crate::upstream::Pool;
 use crate::wire::{MAX_MESSAGE_LEN, rcode, write_rcode_reply};
@@ -33,6 +33,70 @@ impl Transport {
         match self {
             Self::Udp => query.udp_limit(),
             Self::Tcp => MAX_MESSAGE_LEN,
+        }
+    }
+}
+
+/// What [`Resolver::answer_cached`] made of a query.
+#[derive(Debug)]
+pub enum Cached {
+    /// `out` holds the response: a fresh cache hit, or a reply such as FORMERR. `qtype` is
+    /// the question's type, when it could be read (for metrics).
+    Answered {
+        /// The question's type.
+        qtype: Option<u16>,
+    },
+    /// No fresh answer: finish it with [`Resolver::resolve_miss`].
+    Miss(Miss),
+}
+
+/// A query that found no fresh answer in the cache, parsed once and owning its bytes, to
+/// be finished by [`Resolver::resolve_miss`] (on a task of its own, typically).
+pub struct Miss {
+    /// Boxed: the key it holds is the size of the longest name.
+    query: Box<OwnedQuery>,
+    transport: Transport,
+    /// The expired entry the cache had, if any (RFC 8767).
+    stale: Option<Arc<Answer>>,
+}
+
+impl Miss {
+    /// The client's query bytes.
+    pub fn query(&self) -> &[u8] {
+        self.query.bytes()
+    }
+
+    /// The question's type.
+    pub fn qtype(&self) -> u16 {
+        self.query.view().qtype()
+    }
+}
+
+impl std::fmt::Debug for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Miss")
+            .field("qtype", &self.qtype())
+            .field("transport", &self.transport)
+            .field("stale", &self.stale.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the response to `q` for what the resolver found: the answer, or SERVFAIL.
+fn write_result(
+    q: &Query<'_>,
+    transport: Transport,
+    result: Result<(Arc<Answer>, Freshness), Error>,
+    out: &mut Vec<u8>,
+) {
+    match result {
+        Ok((answer, freshness)) => {
+            let stale = freshness == Freshness::Stale;
+            answer.write_response(q, Instant::now(), transport.limit(q), stale, out);
+        }
+        Err(err) => {
+            tracing::debug!(%err, "answering SERVFAIL");
+            write_rcode_reply(&q.header, rcode::SERVFAIL, Some(q.question()), q.edns, out);
         }
     }
 }
@@ -120,17 +184,8 @@ impl Resolver {
             Err(rejection) if rejection.write(query, out) => return Ok(()),
             Err(_) => return Err(Error::Malformed),
         };
-        let limit = transport.limit(&q);
-        match self.answer(&q).await {
-            Ok((answer, freshness)) => {
-                let stale = freshness == Freshness::Stale;
-                answer.write_response(&q, Instant::now(), limit, stale, out);
-            }
-            Err(err) => {
-                tracing::debug!(%err, "answering SERVFAIL");
-                write_rcode_reply(&q.header, rcode::SERVFAIL, Some(q.question()), q.edns, out);
-            }
-        }
+        let result = self.answer(&q).await;
+        write_result(&q, transport, result, out);
         Ok(())
     }
 
@@ -138,7 +193,8 @@ impl Resolver {
     /// response (a cache hit, or FORMERR and the like), `Ok(false)` when the query needs an
     /// upstream (call [`resolve_into`](Self::resolve_into)), [`Error::Malformed`] when the
     /// packet is to be dropped. A server answers hits inline this way and spawns a task only
-    /// for the rest.
+    /// for the rest; [`answer_cached`](Self::answer_cached) also keeps the parsed query of a
+    /// miss, so that it is not parsed and looked up again.
     pub fn resolve_cached(
         &self,
         query: &[u8],
@@ -150,14 +206,66 @@ impl Resolver {
             Err(rejection) if rejection.write(query, out) => return Ok(true),
             Err(_) => return Err(Error::Malformed),
         };
+        Ok(self.try_hit(&q, transport, out).is_ok())
+    }
+
+    /// Answers from the cache alone, without waiting, like
+    /// [`resolve_cached`](Self::resolve_cached); a miss comes back parsed, with what the
+    /// cache had (a stale entry), to be finished by [`resolve_miss`](Self::resolve_miss)
+    /// on a task: the query is parsed once and looked up once. [`Error::Malformed`]: drop
+    /// the packet.
+    pub fn answer_cached(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Result<Cached, Error> {
+        let q = match query::parse(query) {
+            Ok(q) => q,
+            Err(rejection) if rejection.write(query, out) => {
+                return Ok(Cached::Answered {
+                    qtype: crate::message::question_type(query),
+                });
+            }
+            Err(_) => return Err(Error::Malformed),
+        };
+        Ok(match self.try_hit(&q, transport, out) {
+            Ok(()) => Cached::Answered {
+                qtype: Some(q.qtype()),
+            },
+            Err(stale) => Cached::Miss(Miss {
+                query: Box::new(q.to_owned()),
+                transport,
+                stale,
+            }),
+        })
+    }
+
+    /// Finishes a query that [`answer_cached`](Self::answer_cached) found no fresh answer
+    /// for, writing the response into `out` (cleared first): from the upstreams, or stale,
+    /// or SERVFAIL.
+    pub async fn resolve_miss(&self, miss: Miss, out: &mut Vec<u8>) {
+        let q = miss.query.view();
+        let result = self.complete(q.key.as_bytes(), miss.stale).await;
+        write_result(&q, miss.transport, result, out);
+    }
+
+    /// A fresh hit is written to `out`; else the stale entry, if the cache has one.
+    fn try_hit(
+        &self,
+        q: &Query<'_>,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Option<Arc<Answer>>> {
         let now = Instant::now();
         match self.inner.cache.lookup(q.key.as_bytes(), now) {
             Some((answer, Freshness::Fresh)) => {
                 self.on_hit(q.key.as_bytes(), &answer, now);
-                answer.write_response(&q, now, transport.limit(&q), false, out);
-                Ok(true)
+                answer.write_response(q, now, transport.limit(q), false, out);
+                Ok(())
             }
-            _ => Ok(false),
+            Some((stale, Freshness::Stale)) => Err(Some(stale)),
+            None => Err(None),
         }
     }
 
@@ -187,14 +295,27 @@ impl Resolver {
     pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<(Arc<Answer>, Freshness), Error> {
         let key = q.key.as_bytes();
         let now = Instant::now();
-        let counters = &self.inner.counters;
         match self.inner.cache.lookup(key, now) {
             Some((answer, Freshness::Fresh)) => {
                 self.on_hit(key, &answer, now);
                 Ok((answer, Freshness::Fresh))
             }
-            Some((stale, Freshness::Stale)) => {
-                counters.misses.add(1);
+            Some((stale, Freshness::Stale)) => self.complete(key, Some(stale)).await,
+            None => self.complete(key, None).await,
+        }
+    }
+
+    /// The answer for a key the cache had no fresh answer for (`stale`: what it had).
+    async fn complete(
+        &self,
+        key: &[u8],
+        stale: Option<Arc<Answer>>,
+    ) -> Result<(Arc<Answer>, Freshness), Error> {
+        let now = Instant::now();
+        let counters = &self.inner.counters;
+        counters.misses.add(1);
+        match stale {
+            Some(stale) => {
                 let serving = self.inner.serving;
                 if !stale.refresh_blocked(now, serving.stale_refresh_window) {
                     let fetched =
@@ -210,7 +331,6 @@ impl Resolver {
                 Ok((stale, Freshness::Stale))
             }
             None => {
-                counters.misses.add(1);
                 if self.inner.cache.recently_failed(key, now) {
                     counters.failures.add(1);
                     return Err(Error::NoAnswer(Arc::new(UpstreamError::RecentlyFailed)));
