@@ -85,12 +85,13 @@ for s in 3 4; do
   else
     bad "setup $s (sidecar) hot: $c conntrack entries per 10k lookups vs $c1 for setup 1 (want <= 1/10), failed=$f"
   fi
-  # honesty check: with unique names it must not create more than setup 1 (+50% slack for retries)
-  c=$(get $s unique 10); cu=$(get 1 unique 10)
-  if num "$c" && num "$cu" && awk -v a="$c" -v b="$cu" 'BEGIN { exit !(a <= 1.5 * b) }'; then
-    ok "setup $s (sidecar) unique names: $c conntrack entries per 10k lookups vs $cu for setup 1 (no amplification)"
+  # misses too: with unique names (every lookup a miss) the sidecar's few sticky upstream
+  # sockets cost at most 1% of setup 1's conntrack entries
+  c=$(get $s unique 10); cu=$(get 1 unique 10); f=$(get $s unique 5)
+  if num "$c" && num "$cu" && awk -v a="$c" -v b="$cu" 'BEGIN { exit !(a * 100 <= b) }' && [ "$f" = 0 ]; then
+    ok "setup $s (sidecar) unique names: $c conntrack entries per 10k lookups vs $cu for setup 1 (<= 1%), 0 failed"
   else
-    bad "setup $s (sidecar) unique names: $c conntrack entries per 10k lookups vs $cu for setup 1 (want <= 1.5x)"
+    bad "setup $s (sidecar) unique names: $c conntrack entries per 10k lookups vs $cu for setup 1 (want <= 1%), failed=$f"
   fi
 done
 
@@ -101,8 +102,9 @@ for s in 3 4; do
   else bad "setup $s eviction: $f of $l lookups failed"; fi
 done
 # stale conntrack (server dead, DNAT rule removed later): dnscore with the endpoints listed
-# (setup 4) and with the Service IP alone (setup 3, whose retries go from recently answered
-# ports: their conntrack entries lead to live endpoints)
+# (setup 4) and with the Service IP alone (setup 3: a socket whose query timed out is
+# retired, and retries go from the socket answered most recently, whose conntrack entry
+# leads to a live endpoint)
 for s in 4 3; do
   l=$(get $s stale 4); f=$(get $s stale 5); sf=$(get $s stale 14)
   if num "$l" && [ "$l" -gt 0 ] && [ "$f" = 0 ]; then ok "setup $s stale endpoint: $l lookups, 0 failed"

@@ -29,9 +29,9 @@
 //!                                       ▼
 //!                                     dedup (one flight per key)
 //!                                       ▼
-//!                                     upstream pool: pick, hedge, retry, re-drive, one deadline
+//!                                     upstream pool: pick, retry budget, hedge, re-drive, one deadline
 //!                                       ▼
-//!                                     UDP (fresh connected socket) ─TC─▶ TCP (pooled)
+//!                                     UDP (few sticky connected sockets) ─TC─▶ TCP (pooled)
 //!                                       ▼
 //!                                     answer: validate (RFC 5452 §9.1) ─▶ cache ─▶ callers
 //! ```
@@ -44,10 +44,13 @@
 //! - `cache`: quick_cache of answers (sharded, no global lock), the TTL policy, the stale
 //!   window and the briefly remembered failures.
 //! - `dedup`: concurrent identical queries share one spawned upstream query; bounded.
-//! - `upstream`: the pool (selection, adaptive timeouts, hedging, retry, re-drive, one
-//!   deadline), each upstream's health (`upstream::health`: SRTT, failures, probes), over the
-//!   UDP transport (one fresh connected socket per attempt) and the TCP transport (pooled,
-//!   pipelined, used after TC=1).
+//! - `upstream`: the pool, which runs each query's race of attempts (`upstream::race`, a
+//!   state machine: replacement, retry, hedge, re-drive, one deadline) within a pool-wide
+//!   retry budget (`upstream::budget`), picking upstreams by a selection policy
+//!   (`upstream::select`) from what `upstream::health` knows (SRTT, failures; probes in
+//!   `upstream::probe`), over the UDP transport (`upstream::udp`: a few sticky connected
+//!   sockets per upstream, retired on any doubt) and the TCP transport (pooled, pipelined,
+//!   used after TC=1 or forged UDP answers).
 //! - `resolver`, `config`, `lookup`, `service`, `discovery`, `stats`: the public API, the
 //!   builder that wires the parts together, lookups by name, the `tower::Service` impl,
 //!   upstreams followed by name, and the counters.
@@ -65,9 +68,25 @@
 //! - Upstream failures are invisible while another upstream answers: a closed port or a
 //!   reset fails the attempt at once and re-drives every query waiting on that upstream; a
 //!   slow or silent upstream is hedged around after about its p95 RTT (for at most 5% of
-//!   queries) or its adaptive timeout; three transport failures in a row mark it down until
-//!   a probe (`. IN NS`) is answered. With every upstream down they are asked anyway (a
-//!   Service IP may reach a live endpoint with a fresh socket; a dead one refuses at once).
+//!   queries) or its adaptive timeout; three transport failures in a row mark it down
+//!   (re-driving what waits on it) until a probe (`. IN NS`) is answered. With every
+//!   upstream down they are asked anyway (a Service IP may reach a live endpoint from
+//!   another socket; a dead one refuses at once).
+//! - A failing upstream is never asked harder: speculative sends (hedges, and re-sends
+//!   after a timeout to an upstream not known to be dead) come out of one pool-wide retry
+//!   budget (10% of first attempts plus 2 per second); a query sends at most twice to one
+//!   upstream; earlier attempts keep listening; the attempt timeout follows the upstream's
+//!   RTTs (at least 1.5 × SRTT) and backs off. When the budget is spent a timed-out query
+//!   waits for what it sent.
+//! - Upstream UDP goes over a few sticky connected sockets per upstream (4 by default),
+//!   each carrying many queries matched by ID and question, so that a pod's misses cost the
+//!   node a handful of conntrack entries, not one per miss. A socket is retired, and the
+//!   next query opens one on a new port (a new 5-tuple, a new DNAT choice behind a Service
+//!   IP), when its port is refused (its queries are re-driven), when an attempt on it times
+//!   out (its other queries are sent again elsewhere: its conntrack entry may lead to a dead
+//!   endpoint), on a burst of forged or mismatched datagrams (its queries go over TCP), and
+//!   after 4096 queries or a minute. A retry goes from the socket answered most recently.
+//!   `upstream_sockets(0)` opens a fresh socket per attempt instead.
 //! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
 //!   than a day ago is served with TTL 30 and an Extended DNS Error "Stale Answer"; after a
 //!   failed refresh it is served at once for 30 s. Entries asked for in the last tenth of
@@ -79,10 +98,28 @@
 //! - OPT is hop-by-hop: upstream we advertise 1232 bytes; a client gets an OPT only if it
 //!   sent one, and a UDP client gets TC=1 when the answer exceeds its buffer.
 //!
+//! # Security: sticky sockets and spoofing
+//! A fresh random port per query makes an off-path spoofer guess ~16 bits of port besides
+//! the 16-bit ID (RFC 5452 §9.2). Sticky sockets give most of the port's share up while a
+//! socket lives: the spoofer still needs the ID (random, unique among the socket's
+//! outstanding queries, at most 256 of them) and which of the few ports is in use, and
+//! wins only for a question in flight (dedup keeps one query per question, RFC 5452 §5).
+//! What makes up for it: port rotation (4096 queries or a minute), a socket that receives a
+//! burst of mismatched datagrams is retired and its queries asked over TCP (as BIND and
+//! pdns-recursor do), and, as an option, 0x20 case randomisation
+//! ([`ResolverBuilder::case_randomization`], Unbound's `use-caps-for-id`), which adds a bit
+//! per letter of the name. On Kubernetes the path to CoreDNS is the node's own network,
+//! where an attacker would need a foothold on the node or the pod network. Where that
+//! trade-off is wrong, `upstream_sockets(0)` restores a fresh port per attempt, at one
+//! conntrack entry per upstream query. An upstream that does not echo 0x20 case is asked
+//! in plain case from then on; someone who guessed an ID and port can turn 0x20 off that
+//! way (and gains nothing else).
+//!
 //! # Limitations
 //! - No DNSSEC validation: DO, CD and AD are passed through.
-//! - Every attempt uses a fresh UDP socket (one conntrack entry per upstream query, none per
-//!   cache hit); there is no pooled-socket mode.
+//! - A query sends at most twice to one upstream: with a single upstream that is a
+//!   Service IP, a retry that also meets a dead endpoint waits until the deadline (the
+//!   retry goes from the socket answered most recently, so this is rare).
 //! - An answer larger than 4 KiB over UDP (an upstream ignoring our 1232-byte EDNS size) is
 //!   asked again over TCP rather than read.
 //! - Names in [`Resolver::lookup`] are fully qualified; no search list is applied.

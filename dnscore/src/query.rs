@@ -106,6 +106,11 @@ impl OwnedQuery {
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.msg
     }
+
+    /// The question's type.
+    pub(crate) fn qtype(&self) -> u16 {
+        qtype_at(&self.msg, self.question_end)
+    }
 }
 
 impl Query<'_> {
@@ -172,6 +177,12 @@ impl Rejection {
             }
         }
     }
+}
+
+/// The type of a parsed question that ends at `question_end` (type and class are its last
+/// four bytes).
+fn qtype_at(msg: &[u8], question_end: usize) -> u16 {
+    u16::from_be_bytes([msg[question_end - 4], msg[question_end - 3]])
 }
 
 /// Reads a client's query.

@@ -68,7 +68,7 @@ impl Miss {
 
     /// The question's type.
     pub fn qtype(&self) -> u16 {
-        self.query.view().qtype()
+        self.query.qtype()
     }
 }
 

@@ -28,7 +28,7 @@ fn names(up: &TestUpstream, count: usize) -> Vec<String> {
 }
 
 /// 2,000 distinct names, 50 at a time: every one is a miss, yet they all leave from the
-/// few sticky sockets (today's fresh socket per attempt used ~1 port per lookup).
+/// few sticky sockets (a fresh socket per attempt, as before pooling, used ~1 port per lookup).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distinct_names_reach_the_upstream_from_a_few_ports() {
     let up = TestUpstream::start().await.unwrap();

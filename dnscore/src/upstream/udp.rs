@@ -150,22 +150,29 @@ impl Sockets {
         retire_at: Instant,
     ) -> Result<Ticket, UpstreamError> {
         let now = Instant::now();
-        let (socket, shared) = self.checkout(retry, now)?;
-        let (reply, rx) = oneshot::channel();
-        let added = socket.state().add(
-            |id| {
-                let mut query = upstream_query(key, id);
-                if exact_case {
-                    randomize_case(&mut query);
-                }
-                query
-            },
-            exact_case,
-            reply,
-        );
-        // Closed between the checkout and now (its reader failed): the pool tries again.
-        let Some((id, query)) = added else {
-            return Err(UpstreamError::ConnectionClosed(self.addr));
+        // A socket retired or closed between the checkout and the `add` (another query's
+        // timeout, its reader's end) is replaced by the next checkout.
+        let (socket, shared, id, query, rx) = loop {
+            let (socket, shared) = self.checkout(retry, now)?;
+            let (reply, rx) = oneshot::channel();
+            let added = (!shared || !socket.is_retired())
+                .then(|| {
+                    socket.state().add(
+                        |id| {
+                            let mut query = upstream_query(key, id);
+                            if exact_case {
+                                randomize_case(&mut query);
+                            }
+                            query
+                        },
+                        exact_case,
+                        reply,
+                    )
+                })
+                .flatten();
+            if let Some((id, query)) = added {
+                break (socket, shared, id, query, rx);
+            }
         };
         if !shared {
             socket.retire(Retire::Rotation);
