@@ -301,3 +301,32 @@ fn a_socket_whose_runtime_ended_is_not_reused() {
     assert_eq!(up.queries("b.test.", Proto::Udp), 1);
     assert_eq!(r.stats().upstreams[0].sockets_opened, 2);
 }
+
+/// An upstream that leaves the list closes its sockets once nothing waits on them (their
+/// readers would otherwise run, and hold their ports, for as long as the process).
+#[tokio::test]
+async fn a_removed_upstream_closes_its_sockets() {
+    let a = TestUpstream::start_on([127, 0, 0, 7].into()).await.unwrap();
+    let b = TestUpstream::start_on([127, 0, 0, 8].into()).await.unwrap();
+    let r = Resolver::builder().upstream(a.addr()).build().unwrap();
+    assert_eq!(
+        ask(&r, 1, "a.test.").await.metadata.response_code,
+        ResponseCode::NoError
+    );
+    let port = *a.source_ports().iter().next().unwrap();
+    let bind = || std::net::UdpSocket::bind(("0.0.0.0", port));
+    assert!(bind().is_err(), "the socket is open and holds its port");
+    r.set_upstreams(&[b.addr()]).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while bind().is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        bind().is_ok(),
+        "port {port} still held after the upstream left"
+    );
+    assert_eq!(
+        ask(&r, 2, "b.test.").await.metadata.response_code,
+        ResponseCode::NoError
+    );
+}

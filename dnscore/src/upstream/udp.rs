@@ -265,6 +265,16 @@ impl Sockets {
     }
 }
 
+impl Drop for Sockets {
+    /// The upstream left the list (or the resolver was dropped): its sockets are retired,
+    /// so that their readers end once the queries still outstanding on them are done.
+    fn drop(&mut self) {
+        for socket in self.slots().sockets.iter().flatten() {
+            socket.retire(Retire::Rotation);
+        }
+    }
+}
+
 /// One connected socket and the queries outstanding on it.
 struct Socket {
     udp: UdpSocket,
