@@ -1,7 +1,8 @@
 //! The miss path against the test upstream on loopback, and deduplication.
 //!
 //! - `miss/upstream_direct`: one query straight to the upstream from a fresh connected UDP
-//!   socket (what dnscore does per attempt): the floor.
+//!   socket: the floor (dnscore reuses a few sticky sockets instead, so the socket's set-up
+//!   is in the floor and not in dnscore's figure).
 //! - `miss/dnscore`: the same question through `Resolver::resolve`, never answered from the
 //!   cache (the record has TTL 0; prefetch and serve-stale are off). The difference to the
 //!   floor is what dnscore adds to a miss.

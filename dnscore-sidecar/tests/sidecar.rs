@@ -558,6 +558,6 @@ async fn distinct_names_through_the_sidecar_use_few_upstream_ports() {
         ports.len()
     );
     assert!(ports.len() <= 64, "{} ports", ports.len());
-    assert_eq!(up.queries("u1999.test.", Proto::Udp), 1);
+    assert!((1..=2).contains(&up.queries("u1999.test.", Proto::Udp)));
     sidecar.stop().await;
 }

@@ -216,7 +216,8 @@ impl ResolverBuilder {
     /// keeps waiting for what it sent, up to its deadline, instead of sending again; the
     /// refusals are counted in [`Stats::retries_refused`](crate::Stats::retries_refused).
     /// Re-driving a query stranded on an upstream or socket known to be dead (port refused,
-    /// upstream marked down or removed) is never refused. Whatever the budget, a query
+    /// socket closed, socket silent since a query timed out on it, upstream marked down or
+    /// removed) is never refused. Whatever the budget, a query
     /// sends at most twice to one upstream.
     pub fn retry_budget(mut self, ratio: f64) -> Self {
         self.retry_budget = ratio;

@@ -73,9 +73,10 @@ pub enum UpstreamError {
     /// Too many queries are already waiting on the upstream's TCP connections.
     #[error("{0} has too many queries outstanding over TCP")]
     Overloaded(SocketAddr),
-    /// The upstream's answer matched the query but could not be parsed.
-    #[error("{0} sent a malformed answer")]
-    Malformed(SocketAddr),
+    /// The socket the query waited on was closed under it, through no fault of the
+    /// upstream (its reader's runtime ended); the query was asked again.
+    #[error("the socket to {0} was closed while the query waited")]
+    SocketClosed(SocketAddr),
     /// A burst of forged or mismatched datagrams arrived on the socket the query waited on;
     /// the socket was retired and the query is asked again over TCP.
     #[error("{0}: forged or mismatched answers on the socket; asked over TCP")]

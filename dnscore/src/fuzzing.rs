@@ -69,7 +69,8 @@ pub struct Receipt {
 ///
 /// Checks, by panicking: a query is answered at most once, only by a datagram that
 /// validates as its answer, never after it was given up or the socket closed; a duplicate
-/// of an answer answers nothing; the outstanding count is what the script left.
+/// of an answer answers nothing; an answer to a query given up is late, not forged; the
+/// outstanding count is what the script left.
 pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
     use crate::upstream::{Matched, SocketState};
     use tokio::sync::oneshot;
@@ -95,6 +96,7 @@ pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
                 sent
             },
             exact,
+            now + std::time::Duration::from_secs(1),
             tx,
         );
         if let Some((id, sent)) = added {
@@ -137,7 +139,7 @@ pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
                 rest = tail;
                 if !queries.is_empty() {
                     let k = usize::from(n) % queries.len();
-                    state.forget(queries[k].0);
+                    state.forget(queries[k].0, now);
                     queries[k].3 = false;
                 }
                 continue;
@@ -180,7 +182,7 @@ pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
                     Err(_) => panic!("an answered query got nothing"),
                 }
             }
-            Matched::Suspicious | Matched::Burst => {
+            Matched::Late | Matched::Suspicious | Matched::Burst => {
                 assert_eq!(
                     state.outstanding(),
                     before,

@@ -72,7 +72,7 @@
 //!   (re-driving what waits on it) until a probe (`. IN NS`) is answered. With every
 //!   upstream down they are asked anyway (a Service IP may reach a live endpoint from
 //!   another socket; a dead one refuses at once).
-//! - A failing upstream is never asked harder: speculative sends (hedges, and re-sends
+//! - A failing upstream is not asked much harder: speculative sends (hedges, and re-sends
 //!   after a timeout to an upstream not known to be dead) come out of one pool-wide retry
 //!   budget (10% of first attempts plus 2 per second); a query sends at most twice to one
 //!   upstream; earlier attempts keep listening; the attempt timeout follows the upstream's
@@ -83,9 +83,11 @@
 //!   node a handful of conntrack entries, not one per miss. A socket is retired, and the
 //!   next query opens one on a new port (a new 5-tuple, a new DNAT choice behind a Service
 //!   IP), when its port is refused (its queries are re-driven), when an attempt on it times
-//!   out (its other queries are sent again elsewhere: its conntrack entry may lead to a dead
-//!   endpoint), on a burst of forged or mismatched datagrams (its queries go over TCP), and
-//!   after 4096 queries or a minute. A retry goes from the socket answered most recently.
+//!   out (if it has answered nothing since, its other queries are sent again elsewhere at
+//!   once: its conntrack entry may lead to a dead endpoint), on a burst of forged or mismatched
+//!   datagrams (its queries go over TCP), and after 4096 queries or a minute. A retry goes
+//!   from the socket answered most recently that has no query overdue. An answer to a query
+//!   given up moments ago is late, not forged, and does not count toward a burst.
 //!   `upstream_sockets(0)` opens a fresh socket per attempt instead.
 //! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
 //!   than a day ago is served with TTL 30 and an Extended DNS Error "Stale Answer"; after a

@@ -382,6 +382,7 @@ async fn a_silent_last_upstream_is_not_marked_down() {
     up.set_default_behavior(Behavior::Drop);
     let r = Resolver::builder()
         .upstream(up.addr())
+        .upstream_sockets(1)
         .attempt_timeout(Duration::from_millis(100))
         .timeout(Duration::from_millis(500))
         .failure_ttl(Duration::ZERO)

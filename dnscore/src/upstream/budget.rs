@@ -6,7 +6,8 @@
 //!   of first attempts plus a small floor per second, as Finagle's `RetryBudget` and Envoy's
 //!   `retry_budget` do for RPC. Retries are a share of real traffic, never a multiple of it.
 //!   Re-driving a query stranded on an upstream or socket known to be dead (port refused,
-//!   socket retired, upstream marked down) is not speculative and takes nothing.
+//!   socket closed, socket silent since a query timed out on it, upstream marked down or
+//!   removed) is not speculative and takes nothing.
 //! - [`HedgeBudget`]: of those, hedges are further limited to their own share of queries.
 //!
 //! Time is an argument (`now`), so the buckets are tested without sleeping.

@@ -137,6 +137,7 @@ impl Pool {
             .filter(|u| !next.iter().any(|n| n.addr == u.addr))
         {
             gone.removed.store(true, Ordering::Release);
+            gone.udp.retire_all();
             gone.health.redrive();
         }
     }
@@ -292,18 +293,20 @@ async fn attempt(
     let stranded = || {
         let _ = report.send((seq, Event::Stranded));
     };
+    // The socket is retired, and the attempt counts as slow, at the instant the race acts
+    // on its timeout: a retry then never finds this socket still in the pool.
     let exchange = exchange(
         &upstream,
         Key(&key),
         &launch,
-        started + launch.timeout,
+        launch.timeout_at,
         &config,
         &stranded,
     );
     tokio::pin!(exchange);
     let ceiling = sleep(config.attempt_timeout);
     tokio::pin!(ceiling);
-    let slow = sleep(launch.timeout);
+    let slow = sleep_until(launch.timeout_at);
     tokio::pin!(slow);
     let (mut timed_out, mut slowed) = (false, false);
     let result = loop {

@@ -11,13 +11,14 @@
 //!   nothing since, as a stub backs off: while it answers other queries, a lost attempt is
 //!   a lost packet, such as a Service IP's DNAT to a dead endpoint).
 //! - Every outcome is classified once, in [`Race::on_event`]: a good answer wins; a failure
-//!   of the primary (port refused, reset, SERVFAIL, REFUSED, re-driven because its upstream
-//!   was found dead) launches a replacement at once, free of budget: it is not speculative;
-//!   so does word that the primary's socket was retired by another query's timeout
-//!   (*stranded*: that socket's conntrack entry may lead to a dead endpoint), while the
+//!   of the primary (port refused, reset, SERVFAIL, REFUSED, its socket closed under it,
+//!   re-driven because its upstream was found dead or removed) launches a replacement at
+//!   once, free of budget: it is not speculative. So does word that the primary's socket
+//!   went silent and was retired (*stranded*: another query timed out on it with nothing
+//!   answered since, the mark of a conntrack entry leading to a dead endpoint), while the
 //!   primary keeps listening. The failure of an earlier attempt or a hedge launches nothing.
-//! - A timeout of the primary launches a retry if the pool-wide [`RetryBudget`] allows;
-//!   a hedge needs the hedge budget too. Without budget the query keeps waiting on what it
+//! - A timeout of the primary launches a retry if the pool-wide [`RetryBudget`] allows; a
+//!   hedge needs the hedge budget too. Without budget the query keeps waiting on what it
 //!   has sent, up to its deadline.
 //! - Earlier attempts keep listening: whichever valid answer comes first wins.
 //! - At most [`MAX_SENDS_PER_UPSTREAM`] sends to one upstream per query, each upstream that
@@ -74,7 +75,7 @@ pub(crate) enum Kind {
     First,
     /// It replaces a primary that failed: not speculative.
     Replacement,
-    /// The primary timed out or was stranded: speculative, paid from the retry budget.
+    /// The primary timed out: speculative, paid from the retry budget.
     Retry,
     /// A second copy elsewhere while the primary still waits: speculative.
     Hedge,
@@ -92,6 +93,8 @@ pub(crate) struct Launch {
     pub(crate) kind: Kind,
     /// The attempt's timeout, after which it counts as slow (it keeps listening).
     pub(crate) timeout: Duration,
+    /// When that timeout passes: the instant the race itself acts on.
+    pub(crate) timeout_at: Instant,
 }
 
 /// What to do next.
@@ -142,6 +145,8 @@ pub(crate) struct Race {
     backoff: u32,
     last_error: Option<UpstreamError>,
     answer: Option<Answer>,
+    /// The upstream of the latest launch, hedges included (named at the deadline).
+    last_launched: Option<usize>,
 }
 
 impl Race {
@@ -165,6 +170,7 @@ impl Race {
             backoff: 0,
             last_error: None,
             answer: None,
+            last_launched: None,
         }
     }
 
@@ -254,6 +260,7 @@ impl Race {
     ) -> Launch {
         let seq = self.launched;
         self.launched += 1;
+        self.last_launched = Some(i);
         let retry = self.sends[i] > 0;
         self.sends[i] += 1;
         self.outstanding.push(Outstanding { seq, upstream: i });
@@ -281,6 +288,7 @@ impl Race {
             retry,
             kind,
             timeout,
+            timeout_at: now + timeout,
         }
     }
 
@@ -289,7 +297,7 @@ impl Race {
         let is_primary = self.primary.is_some_and(|p| p.seq == seq);
         let result = match event {
             Event::Stranded => {
-                // Its socket is known bad: sending again elsewhere is a re-drive, not a
+                // Its socket went silent: sending again elsewhere is a re-drive, not a
                 // speculation. It keeps listening, so it is not replaced twice.
                 if let Some(p) = self.primary.as_mut().filter(|_| is_primary)
                     && !p.timed_out
@@ -358,8 +366,7 @@ impl Race {
 
     /// The error at the deadline: a timeout, named after the last upstream launched.
     fn timed_out(&self, ups: &impl Upstreams) -> UpstreamError {
-        let last = self.primary.map_or(0, |p| p.upstream);
-        UpstreamError::Timeout(ups.addr(last))
+        UpstreamError::Timeout(ups.addr(self.last_launched.unwrap_or(0)))
     }
 }
 
@@ -551,19 +558,18 @@ mod tests {
         let t1 = Instant::now();
         let retry = launched(race.step(t1, &ups, &s.budgets()));
         assert_eq!((retry.upstream, retry.kind), (1, Kind::Retry));
-        // Word that another query's timeout retired the retry's socket: sent again at
-        // once, before its own timeout, even with the budget spent.
+        assert_eq!(retry.timeout_at, t1 + retry.timeout);
+        // Word that the retry's socket went silent and was retired: sent again at once,
+        // before its own timeout, even with the budget spent.
         s.drain(t1);
+        let refused = s.retry.refused();
         race.on_event(1, Event::Stranded, &ups);
         let redrive = launched(race.step(t1 + 10 * MS, &ups, &s.budgets()));
         assert_eq!((redrive.upstream, redrive.kind), (2, Kind::Replacement));
+        assert_eq!(s.retry.refused(), refused, "a re-drive is not speculative");
         // The stranded attempt's own timeout passing later launches nothing more.
         let wake = waits(race.step(t1 + 100 * MS, &ups, &s.budgets()));
-        assert_eq!(
-            wake,
-            t1 + 10 * MS + redrive.timeout,
-            "the re-drive's own timeout"
-        );
+        assert_eq!(wake, redrive.timeout_at, "the re-drive's own timeout");
     }
 
     #[tokio::test(start_paused = true)]

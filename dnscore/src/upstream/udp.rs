@@ -13,11 +13,15 @@
 //! outstanding query is answered or given up, and the next query opens a fresh one on a new
 //! port, so a new 5-tuple and a new DNAT choice behind a Service IP):
 //! - at once on `ECONNREFUSED`, failing its outstanding queries so the pool re-drives them;
-//! - when an attempt on it times out: its conntrack entry may lead to a dead endpoint. The
-//!   other queries outstanding on it keep listening, and are told they are *stranded*, so
-//!   that the pool may send them again elsewhere at once;
-//! - on a burst of forged or mismatched datagrams ([`SUSPICIOUS_BURST`]), failing its
-//!   queries with [`UpstreamError::Spoofed`]; the attempt then asks over TCP, as BIND and
+//! - when an attempt on it times out: its conntrack entry may lead to a dead endpoint. If
+//!   the socket has answered nothing since that query was sent (the mark of such an
+//!   entry), the other queries outstanding on it keep listening and are told they are
+//!   *stranded*, so that the pool sends them again elsewhere at once, free of the retry
+//!   budget; if it answered others meanwhile (a slow upstream, a lost packet), they just
+//!   keep waiting;
+//! - on a burst of forged or mismatched datagrams ([`SUSPICIOUS_BURST`]; an answer to a
+//!   query given up in the last [`LATE_WINDOW`] is late, not forged), failing its queries
+//!   with [`UpstreamError::Spoofed`]; the attempt then asks over TCP, as BIND and
 //!   pdns-recursor do;
 //! - after [`MAX_SOCKET_USES`] queries or [`MAX_SOCKET_AGE`] (port rotation; see there).
 //!
@@ -72,6 +76,11 @@ pub(crate) const MAX_SOCKET_AGE: Duration = Duration::from_secs(60);
 pub(crate) const SUSPICIOUS_BURST: u32 = 8;
 /// See [`SUSPICIOUS_BURST`].
 const SUSPICIOUS_WINDOW: Duration = Duration::from_secs(1);
+/// How long the ID of a query given up (its attempt ended unanswered) is remembered: an
+/// answer for it is late, not forged, and the ID is not reused meanwhile.
+const LATE_WINDOW: Duration = Duration::from_secs(5);
+/// IDs given up that a socket remembers at most (bounded memory under any load).
+const MAX_REMEMBERED_LATE: usize = 1024;
 
 /// What a UDP attempt brought back.
 #[derive(Debug)]
@@ -95,9 +104,12 @@ pub(crate) enum Delivery {
 /// Why a socket is retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retire {
-    /// Port rotation, or a socket used for one query only: nothing is wrong with it.
+    /// Port rotation, a socket used for one query only, or one whose upstream left:
+    /// nothing is known to be wrong with it.
     Rotation,
-    /// An attempt on it timed out: its queries are told they are stranded.
+    /// An attempt on it timed out, and it answered nothing since that attempt was sent:
+    /// its queries are told they are stranded. May follow a `Rotation` (a worn socket can
+    /// still go silent).
     Timeout,
 }
 
@@ -138,8 +150,9 @@ impl Sockets {
     }
 
     /// Sends `key` on one of the sockets and returns the ticket to wait on. A `retry` goes
-    /// on the socket answered most recently (its conntrack entry leads to a live endpoint);
-    /// a first attempt on the next socket in turn. With `exact_case` the question's letters
+    /// on the socket answered most recently (its conntrack entry leads to a live endpoint)
+    /// of those with no query overdue (about to be retired); a first attempt on the next
+    /// socket in turn. With `exact_case` the question's letters
     /// are randomised (0x20) and the answer must echo them exactly. The socket is retired if
     /// the answer has not come by `retire_at`.
     pub(crate) async fn send(
@@ -166,6 +179,7 @@ impl Sockets {
                             query
                         },
                         exact_case,
+                        retire_at,
                         reply,
                     )
                 })
@@ -183,6 +197,7 @@ impl Sockets {
             id,
             reply: rx,
             retire_at,
+            sent_at: now,
             stranded: false,
         };
         if let Err(err) = ticket.socket.udp.send(&query).await {
@@ -217,7 +232,7 @@ impl Sockets {
                 .sockets
                 .iter()
                 .flatten()
-                .filter(|s| usable(s))
+                .filter(|s| usable(s) && !s.overdue(now))
                 .filter_map(|s| s.answered_at().map(|at| (at, s)))
                 .max_by_key(|(at, _)| *at)
                 .map(|(_, s)| Arc::clone(s))
@@ -265,13 +280,22 @@ impl Sockets {
     }
 }
 
-impl Drop for Sockets {
-    /// The upstream left the list (or the resolver was dropped): its sockets are retired,
-    /// so that their readers end once the queries still outstanding on them are done.
-    fn drop(&mut self) {
-        for socket in self.slots().sockets.iter().flatten() {
-            socket.retire(Retire::Rotation);
+impl Sockets {
+    /// Retires every socket (the upstream left the list), so that their readers end once
+    /// the queries still outstanding on them are done.
+    pub(crate) fn retire_all(&self) {
+        for slot in &mut self.slots().sockets {
+            if let Some(socket) = slot.take() {
+                socket.retire(Retire::Rotation);
+            }
         }
+    }
+}
+
+impl Drop for Sockets {
+    /// The resolver was dropped: as [`Sockets::retire_all`].
+    fn drop(&mut self) {
+        self.retire_all();
     }
 }
 
@@ -301,6 +325,8 @@ pub(crate) struct State {
     suspicious_since: Option<Instant>,
     /// When a valid answer last arrived.
     answered_at: Option<Instant>,
+    /// IDs of queries given up, and when (see [`LATE_WINDOW`]).
+    given_up: HashMap<u16, Instant>,
 }
 
 /// What became of a datagram.
@@ -308,6 +334,8 @@ pub(crate) struct State {
 pub(crate) enum Matched {
     /// It ended an outstanding query.
     Answered,
+    /// An answer to a query given up moments ago: dropped, not held against the socket.
+    Late,
     /// Forged, stray, late or mismatched: dropped, and the wait goes on.
     Suspicious,
     /// As `Suspicious`, and the last of a burst: the socket must be retired.
@@ -329,6 +357,13 @@ impl State {
             _ => return self.suspicious(now),
         };
         let Some(waiting) = self.pending.get(&id) else {
+            if self
+                .given_up
+                .remove(&id)
+                .is_some_and(|at| now.saturating_duration_since(at) < LATE_WINDOW)
+            {
+                return Matched::Late;
+            }
             tracing::debug!(%addr, id, "UDP datagram for no outstanding query");
             return self.suspicious(now);
         };
@@ -377,6 +412,7 @@ impl State {
         &mut self,
         build: impl FnOnce(u16) -> Vec<u8>,
         exact_case: bool,
+        retire_at: Instant,
         reply: oneshot::Sender<Result<Reply, UpstreamError>>,
     ) -> Option<(u16, Vec<u8>)> {
         if self.closed {
@@ -384,7 +420,7 @@ impl State {
         }
         let id = loop {
             let id: u16 = rand::random();
-            if !self.pending.contains_key(&id) {
+            if !self.pending.contains_key(&id) && !self.given_up.contains_key(&id) {
                 break id;
             }
         };
@@ -392,6 +428,7 @@ impl State {
         let pending = Pending {
             query: query.clone(),
             exact_case,
+            retire_at,
             reply,
         };
         self.pending.insert(id, pending);
@@ -403,9 +440,25 @@ impl State {
         self.pending.len()
     }
 
-    /// Forgets an outstanding query (its caller gave up).
-    pub(crate) fn forget(&mut self, id: u16) {
-        self.pending.remove(&id);
+    /// Forgets an outstanding query (its caller gave up at `now`); its ID is remembered
+    /// for a while, so that a late answer is known for one.
+    pub(crate) fn forget(&mut self, id: u16, now: Instant) {
+        if self.pending.remove(&id).is_none() {
+            return;
+        }
+        if self.given_up.len() >= MAX_REMEMBERED_LATE {
+            self.given_up
+                .retain(|_, at| now.saturating_duration_since(*at) < LATE_WINDOW);
+            if self.given_up.len() >= MAX_REMEMBERED_LATE {
+                self.given_up.clear();
+            }
+        }
+        self.given_up.insert(id, now);
+    }
+
+    /// Whether a query outstanding here is past the time its wait retires the socket.
+    fn overdue(&self, now: Instant) -> bool {
+        self.pending.values().any(|p| p.retire_at <= now)
     }
 
     /// Ends the state: nothing more is delivered; returns what was outstanding.
@@ -420,6 +473,8 @@ pub(crate) struct Pending {
     /// What was sent, to validate the answer against.
     query: Vec<u8>,
     exact_case: bool,
+    /// When the query's own wait retires the socket.
+    retire_at: Instant,
     reply: oneshot::Sender<Result<Reply, UpstreamError>>,
 }
 
@@ -446,16 +501,20 @@ impl Socket {
         self.state().answered_at
     }
 
+    fn overdue(&self, now: Instant) -> bool {
+        self.state().overdue(now)
+    }
+
     /// No new query goes to this socket; it closes once nothing is outstanding.
     fn retire(&self, why: Retire) {
-        let first = self.retired.send_if_modified(|r| {
-            let first = r.is_none();
-            if first {
+        let changed = self.retired.send_if_modified(|r| {
+            let changed = r.is_none() || (why == Retire::Timeout && *r == Some(Retire::Rotation));
+            if changed {
                 *r = Some(why);
             }
-            first
+            changed
         });
-        if first {
+        if changed {
             self.wake.notify_one();
         }
     }
@@ -474,7 +533,7 @@ impl Socket {
     /// retires the socket on a burst of them (its queries then go over TCP).
     fn deliver(&self, datagram: &[u8], cut: bool, now: Instant) {
         let matched = self.state().deliver(self.addr, datagram, cut, now);
-        if matched != Matched::Answered {
+        if matches!(matched, Matched::Suspicious | Matched::Burst) {
             self.suspicious_total.fetch_add(1, Ordering::Relaxed);
         }
         if matched == Matched::Burst {
@@ -483,10 +542,14 @@ impl Socket {
         }
     }
 
-    /// Whether the reader may end: retired with nothing outstanding, or closed.
+    /// Whether the reader may end: retired with nothing outstanding (then it is closed
+    /// here, under the same lock, so that no query is added after the check), or closed.
     fn finished(&self) -> bool {
-        let state = self.state();
-        state.closed || (state.pending.is_empty() && self.is_retired())
+        let mut state = self.state();
+        if !state.closed && state.pending.is_empty() && self.is_retired() {
+            state.closed = true;
+        }
+        state.closed
     }
 }
 
@@ -521,8 +584,10 @@ struct CloseOnDrop(Arc<Socket>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
+        // Not the upstream's failure (the reader's runtime ended, or it finished): what
+        // still waits is asked again elsewhere, and the upstream's health is untouched.
         let addr = self.0.addr;
-        self.0.close(&UpstreamError::ConnectionClosed(addr));
+        self.0.close(&UpstreamError::SocketClosed(addr));
     }
 }
 
@@ -534,6 +599,8 @@ pub(crate) struct Ticket {
     retired: watch::Receiver<Option<Retire>>,
     /// When this query's own wait retires the socket.
     retire_at: Instant,
+    /// When the query was handed to the socket.
+    sent_at: Instant,
     /// Stranded was reported, or this query retired the socket itself.
     stranded: bool,
 }
@@ -555,7 +622,16 @@ impl Ticket {
                 }
                 () = sleep_until(self.retire_at), if !self.stranded => {
                     self.stranded = true;
-                    self.socket.retire(Retire::Timeout);
+                    // Silent since this query was sent: the mark of a conntrack entry that
+                    // leads to a dead endpoint, so the others waiting on it are stranded.
+                    // Answering others meanwhile: a slow upstream or a lost packet; the
+                    // socket is rotated and the others keep waiting.
+                    let silent = self
+                        .socket
+                        .answered_at()
+                        .is_none_or(|at| at <= self.sent_at);
+                    self.socket
+                        .retire(if silent { Retire::Timeout } else { Retire::Rotation });
                 }
             }
         }
@@ -566,7 +642,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let empty = {
             let mut state = self.socket.state();
-            state.forget(self.id);
+            state.forget(self.id, Instant::now());
             state.pending.is_empty()
         };
         if empty && self.socket.is_retired() {
