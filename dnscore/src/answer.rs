@@ -127,14 +127,18 @@ impl Answer {
                 let rr = read_record_tracked(resp, pos, &mut starts)?;
                 check_rdata_names(resp, &rr, &mut starts)?;
                 pos = rr.end;
-                if rr.rtype == rtype::OPT {
+                if matches!(rr.rtype, rtype::OPT | rtype::TSIG | rtype::TKEY) {
                     if section != 2 {
                         return Err(ResponseError::Malformed);
                     }
-                    // The OPT record is the upstream's, not the client's: drop it, and the
-                    // additional records after it (a server puts OPT last but for a TSIG,
-                    // which we do not use; additional data is optional).
-                    ext_rcode = u16::try_from(rr.ttl >> 24).unwrap_or(0) << 4;
+                    // OPT, TSIG and TKEY belong to the upstream's exchange, not the
+                    // client's: drop them, and the additional records after them (a server
+                    // puts OPT last but for a TSIG; additional data is optional). A TSIG
+                    // passed on would be wrong for the client, and its name may point
+                    // into the header, which the client's differs from.
+                    if rr.rtype == rtype::OPT {
+                        ext_rcode = u16::try_from(rr.ttl >> 24).unwrap_or(0) << 4;
+                    }
                     break 'sections;
                 }
                 match section {

@@ -19,6 +19,9 @@ pub(crate) const MAX_TTL: u32 = i32::MAX as u32;
 pub(crate) mod rtype {
     pub(crate) const SOA: u16 = 6;
     pub(crate) const OPT: u16 = 41;
+    /// Transaction key and signature (RFC 2930, RFC 8945): meta-records of one exchange.
+    pub(crate) const TKEY: u16 = 249;
+    pub(crate) const TSIG: u16 = 250;
     pub(crate) const IXFR: u16 = 251;
     pub(crate) const AXFR: u16 = 252;
     pub(crate) const MAILB: u16 = 253;
@@ -282,6 +285,13 @@ pub(crate) fn check_rdata_names(
         33 => (6, 1, Some(0)),
         // SVCB, HTTPS: priority, target (never compressed, RFC 9460 §2.2), parameters
         64 | 65 => (2, 1, None),
+        // SIG, RRSIG: type covered, algorithm, labels, original TTL, expiration, inception,
+        // key tag; the signer's name (never compressed, RFC 4034 §3.1.7); the signature
+        24 | 46 => (18, 1, None),
+        // NSEC: the next owner name (never compressed, RFC 4034 §4.1.1), the type bitmaps
+        47 => (0, 1, None),
+        // NAPTR: order, preference, three character-strings, the replacement name
+        35 => (naptr_prefix(msg, rr)?, 1, Some(0)),
         _ => return Ok(()),
     };
     let mut pos = rr.rdata + prefix;
@@ -296,6 +306,17 @@ pub(crate) fn check_rdata_names(
         None if pos > rr.end => Err(Malformed),
         _ => Ok(()),
     }
+}
+
+/// The bytes of a NAPTR record's RDATA before its replacement name: order and preference,
+/// then the flags, services and regexp character-strings (RFC 3403 §4.1).
+fn naptr_prefix(msg: &[u8], rr: &Record) -> Result<usize, Malformed> {
+    let mut pos = rr.rdata + 4;
+    for _ in 0..3 {
+        let len = *msg.get(pos).filter(|_| pos < rr.end).ok_or(Malformed)?;
+        pos += 1 + usize::from(len);
+    }
+    Ok(pos - rr.rdata)
 }
 
 /// The negative-caching TTL of an SOA record: min(SOA TTL, SOA MINIMUM) (RFC 2308 §5).
