@@ -226,13 +226,16 @@ impl Sockets {
                 *slot = None;
             }
         }
-        let usable = |s: &Arc<Socket>| s.outstanding() < MAX_OUTSTANDING_PER_SOCKET;
+        // A retry avoids a socket with a query overdue: it is about to be retired.
+        let usable = |s: &Arc<Socket>| {
+            s.outstanding() < MAX_OUTSTANDING_PER_SOCKET && !(retry && s.overdue(now))
+        };
         if retry
             && let Some(s) = slots
                 .sockets
                 .iter()
                 .flatten()
-                .filter(|s| usable(s) && !s.overdue(now))
+                .filter(|s| usable(s))
                 .filter_map(|s| s.answered_at().map(|at| (at, s)))
                 .max_by_key(|(at, _)| *at)
                 .map(|(_, s)| Arc::clone(s))
@@ -257,7 +260,8 @@ impl Sockets {
                 }
             }
         }
-        // Every socket holds its maximum: this query gets one of its own.
+        // Every socket holds its maximum (or, for a retry, is about to be retired): this
+        // query gets one of its own.
         Ok((self.open()?, false))
     }
 
