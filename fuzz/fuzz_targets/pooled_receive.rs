@@ -17,5 +17,8 @@ fuzz_target!(|data: &[u8]| {
     static QUERIES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
     let queries = QUERIES.get_or_init(answer_target_queries);
     let receipt = pooled_receive(queries, data);
-    assert!(receipt.answered <= queries.len(), "more answers than queries");
+    assert!(
+        receipt.answered <= queries.len(),
+        "more answers than queries"
+    );
 });
