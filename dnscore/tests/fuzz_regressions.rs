@@ -20,6 +20,15 @@ fn question_end(query: &[u8]) -> usize {
     pos + 5
 }
 
+/// The start of an answer to `query`: its ID, QR AA RD (RA=0: offset 3 is 0x00), NOERROR,
+/// one question and one answer, `additional` additional records, and the question.
+fn answer_head(query: &[u8], additional: u8) -> Vec<u8> {
+    let mut r = query[..2].to_vec();
+    r.extend_from_slice(&[0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, additional]);
+    r.extend_from_slice(&query[12..question_end(query)]);
+    r
+}
+
 /// Asks `alias.test. A` of a resolver on `upstream`; the client's answer must parse, and the
 /// upstream must have sent its crafted answer (else the test proved nothing).
 async fn answer_must_parse((upstream, answered): (std::net::SocketAddr, Arc<AtomicUsize>)) {
@@ -133,10 +142,7 @@ async fn pointer_into_a_ttl_is_not_passed_through() {
 #[tokio::test]
 async fn pointer_into_the_header_in_https_rdata_is_not_passed_through() {
     let upstream = scripted_upstream(|query| {
-        let mut r = Vec::new();
-        r.extend_from_slice(&query[..2]);
-        r.extend_from_slice(&[0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, 0]);
-        r.extend_from_slice(&query[12..question_end(query)]);
+        let mut r = answer_head(query, 0);
         // alias.test. 300 IN HTTPS 1 <pointer to offset 3: the root name in this message>
         r.extend_from_slice(&[0xc0, 0x0c, 0, 65, 0, 1, 0, 0, 1, 0x2c, 0, 4, 0, 1, 0xc0, 3]);
         assert!(
@@ -159,10 +165,7 @@ async fn pointer_into_the_header_in_https_rdata_is_not_passed_through() {
 #[tokio::test]
 async fn a_tsig_with_a_pointer_into_the_header_is_not_passed_through() {
     let upstream = scripted_upstream(|query| {
-        let mut r = Vec::new();
-        r.extend_from_slice(&query[..2]);
-        r.extend_from_slice(&[0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, 1]);
-        r.extend_from_slice(&query[12..question_end(query)]);
+        let mut r = answer_head(query, 1);
         // alias.test. 300 IN CNAME a.test. (the question's "test." at 18)
         r.extend_from_slice(&[
             0xc0, 0x0c, 0, 5, 0, 1, 0, 0, 1, 0x2c, 0, 4, 1, b'a', 0xc0, 18,
@@ -196,10 +199,7 @@ async fn pointers_into_the_header_in_rrsig_and_naptr_are_not_passed_through() {
     for rtype in [46u8, 35] {
         let answer: fn(&[u8]) -> Vec<u8> = match rtype {
             46 => |query| {
-                let mut r = Vec::new();
-                r.extend_from_slice(&query[..2]);
-                r.extend_from_slice(&[0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, 0]);
-                r.extend_from_slice(&query[12..question_end(query)]);
+                let mut r = answer_head(query, 0);
                 // alias.test. 300 IN RRSIG A 8 2 300 <times> <tag> <signer: ptr 3> <sig>
                 let rdata = [
                     &[0, 1, 8, 2, 0, 0, 1, 0x2c][..],
@@ -214,10 +214,7 @@ async fn pointers_into_the_header_in_rrsig_and_naptr_are_not_passed_through() {
                 r
             },
             _ => |query| {
-                let mut r = Vec::new();
-                r.extend_from_slice(&query[..2]);
-                r.extend_from_slice(&[0x85, 0x00, 0, 1, 0, 1, 0, 0, 0, 0]);
-                r.extend_from_slice(&query[12..question_end(query)]);
+                let mut r = answer_head(query, 0);
                 // alias.test. 300 IN NAPTR 10 20 "u" "E2U+sip" "" <replacement: ptr 3>
                 let rdata = [&[0, 10, 0, 20, 1, b'u', 7][..], b"E2U+sip", &[0, 0xc0, 3]].concat();
                 r.extend_from_slice(&[0xc0, 0x0c, 0, 35, 0, 1, 0, 0, 1, 0x2c]);

@@ -476,6 +476,18 @@ mod tests {
         }
     }
 
+    /// A race over `upstreams` fake upstreams ending `deadline` after now, with a 10%
+    /// retry budget and no hedging.
+    fn start(
+        upstreams: usize,
+        max_attempts: usize,
+        deadline: Duration,
+    ) -> (Fake, Instant, Setup, Race) {
+        let t0 = Instant::now();
+        let race = Race::new(upstreams, max_attempts, t0 + deadline, 800 * MS);
+        (Fake::new(), t0, Setup::new(0.1, 0.0, t0), race)
+    }
+
     fn launched(step: Step) -> Launch {
         match step {
             Step::Launch(l) => l,
@@ -492,10 +504,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_first_answer_wins_and_ends_the_race() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
-        let mut race = Race::new(3, 6, t0 + 2000 * MS, 800 * MS);
+        let (ups, t0, s, mut race) = start(3, 6, 2000 * MS);
         let first = launched(race.step(t0, &ups, &s.budgets()));
         assert_eq!((first.seq, first.upstream, first.kind), (0, 0, Kind::First));
         assert_eq!(first.timeout, 100 * MS);
@@ -518,12 +527,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn refused_is_re_driven_at_once_without_budget() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
+        let (ups, t0, s, mut race) = start(2, 4, 2000 * MS);
         s.drain(t0);
         let refused = s.retry.refused();
-        let mut race = Race::new(2, 4, t0 + 2000 * MS, 800 * MS);
         launched(race.step(t0, &ups, &s.budgets()));
         race.on_event(
             0,
@@ -549,10 +555,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_timeout_retries_within_budget_and_a_stranded_attempt_is_re_driven() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
-        let mut race = Race::new(3, 6, t0 + 2000 * MS, 800 * MS);
+        let (ups, t0, s, mut race) = start(3, 6, 2000 * MS);
         launched(race.step(t0, &ups, &s.budgets()));
         tokio::time::advance(100 * MS).await;
         let t1 = Instant::now();
@@ -574,12 +577,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn with_the_budget_spent_a_timed_out_query_keeps_waiting() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
+        let (ups, t0, s, mut race) = start(2, 4, 2000 * MS);
         s.drain(t0);
         let refused = s.retry.refused();
-        let mut race = Race::new(2, 4, t0 + 2000 * MS, 800 * MS);
         launched(race.step(t0, &ups, &s.budgets()));
         tokio::time::advance(100 * MS).await;
         let now = Instant::now();
@@ -599,10 +599,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_ends_the_race_with_a_timeout() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
-        let mut race = Race::new(1, 6, t0 + 300 * MS, 800 * MS);
+        let (ups, t0, s, mut race) = start(1, 6, 300 * MS);
         launched(race.step(t0, &ups, &s.budgets()));
         tokio::time::advance(100 * MS).await;
         let retry = launched(race.step(Instant::now(), &ups, &s.budgets()));
@@ -622,10 +619,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn failure_codes_move_on_and_the_last_error_is_kept() {
-        let ups = Fake::new();
-        let t0 = Instant::now();
-        let s = Setup::new(0.1, 0.0, t0);
-        let mut race = Race::new(2, 6, t0 + 2000 * MS, 800 * MS);
+        let (ups, t0, s, mut race) = start(2, 6, 2000 * MS);
         launched(race.step(t0, &ups, &s.budgets()));
         race.on_event(0, Event::Done(Ok(servfail())), &ups);
         assert_eq!(launched(race.step(t0, &ups, &s.budgets())).upstream, 1);
