@@ -318,6 +318,58 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
 }
 
 #[tokio::test]
+async fn a_silent_upstream_is_marked_down_by_its_probes_and_a_slow_probe_answer_brings_it_back() {
+    let fast = TestUpstream::start().await.unwrap();
+    let other = TestUpstream::start().await.unwrap();
+    let r = Resolver::builder()
+        .upstreams([fast.addr(), other.addr()])
+        .selection(Selection::Sequential)
+        .probe_interval(Duration::from_millis(100))
+        .max_probe_interval(Duration::from_millis(200))
+        .failure_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    for id in 0..20 {
+        ask(&r, id, &format!("warm-{id}.test."), RecordType::A, None).await;
+    }
+    let srtt = r.stats().upstreams[0].srtt.expect("answered");
+    assert!(
+        srtt < Duration::from_millis(50),
+        "a fast upstream: {srtt:?}"
+    );
+
+    // It goes silent: one query times out (after the 50 ms floor) and is answered by the
+    // other; selection leaves it, and its probes, each waiting no longer than a query's
+    // attempt would, mark it down. With the cap (1.5 s) as the probe's timeout this took
+    // over 3 s.
+    fast.set_default_behavior(Behavior::Drop);
+    let silent = std::time::Instant::now();
+    let reply = ask(&r, 100, "after.test.", RecordType::A, None).await;
+    assert_eq!(reply.metadata.response_code, ResponseCode::NXDomain);
+    let deadline = silent + Duration::from_secs(2);
+    while r.stats().upstreams[0].healthy && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stats = r.stats().upstreams[0].clone();
+    assert!(!stats.healthy, "marked down within 2 s: {stats:#?}");
+    assert!(stats.timeouts >= 1);
+
+    // It answers again, but `. NS` (which CoreDNS forwards) takes 300 ms, far past the
+    // attempt timeout its 1 ms answers set: an answer within the cap still brings it back.
+    fast.set_behavior(".", Behavior::Delay(Duration::from_millis(300)));
+    fast.set_default_behavior(Behavior::Normal);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !r.stats().upstreams[0].healthy && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        r.stats().upstreams[0].healthy,
+        "a slow probe answer brings it back"
+    );
+    assert!(fast.queries(".", Proto::Udp) >= 1);
+}
+
+#[tokio::test]
 async fn dead_upstreams_are_marked_down_fail_fast_and_come_back() {
     let up = TestUpstream::start().await.unwrap();
     let addr = up.addr();
