@@ -6,7 +6,7 @@
 //! documented there): failures are replaced at once, timeouts and hedges are speculative
 //! and paid from a pool-wide retry budget (`budget`), at most two sends go to one upstream,
 //! earlier attempts keep listening, and one deadline ends it. This module runs the race:
-//! it spawns each attempt, feeds the race what happens, and sleeps when the race says so.
+//! it runs each attempt, feeds the race what happens, and sleeps when the race says so.
 //!
 //! Each attempt is UDP first, on one of the upstream's few sticky sockets (`udp`; a retry
 //! goes on the socket answered most recently); a truncated answer, or one whose socket saw a
@@ -23,9 +23,12 @@ mod select;
 mod tcp;
 mod udp;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -210,25 +213,47 @@ impl Pool {
         );
         // Attempts report here; the receiver is never closed while the race runs.
         let (events, mut reports) = mpsc::unbounded_channel();
+        // The attempts run inside this task while the race does (most queries need one, and
+        // a task of its own for it would cost a spawn and a wake-up per miss); those still
+        // running when it is decided get tasks of their own, to see their late answers.
+        let mut running = Attempts::default();
         loop {
             match race.step(Instant::now(), &view, &budgets) {
-                Step::Launch(launch) => {
-                    tokio::spawn(attempt(
-                        Arc::clone(&ups[launch.upstream]),
-                        Arc::clone(key),
-                        launch,
-                        config.clone(),
-                        Arc::clone(&ups),
-                        events.clone(),
-                    ));
-                }
+                Step::Launch(launch) => running.0.push(Box::pin(attempt(
+                    Arc::clone(&ups[launch.upstream]),
+                    Arc::clone(key),
+                    launch,
+                    config.clone(),
+                    Arc::clone(&ups),
+                    events.clone(),
+                ))),
                 Step::Wait(until) => tokio::select! {
                     Some((seq, event)) = reports.recv() => race.on_event(seq, event, &view),
+                    () = &mut running => {}
                     () = sleep_until(until) => {}
                 },
-                Step::Done(result) => return result,
+                Step::Done(result) => {
+                    for attempt in running.0.drain(..) {
+                        tokio::spawn(attempt);
+                    }
+                    return result;
+                }
             }
         }
+    }
+}
+
+/// The attempts of one query that run inside its task. As a future it polls each of them
+/// and stays pending: it never completes, the race decides when the query is done.
+#[derive(Default)]
+struct Attempts(Vec<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+impl Future for Attempts {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.retain_mut(|attempt| attempt.as_mut().poll(cx).is_pending());
+        Poll::Pending
     }
 }
 
