@@ -592,7 +592,7 @@ mod proptests {
             }
             let q = query::parse(&client).unwrap();
             if let Ok(mut answer) = Answer::parse(&sent, &resp, Instant::now()) {
-                let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_max_ttl: 3_600 };
+                let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_min_ttl: 0, negative_max_ttl: 3_600 };
                 policy.apply(&mut answer);
                 prop_assert!(answer.lifetime <= 86_400);
                 let mut out = Vec::new();

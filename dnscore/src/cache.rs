@@ -22,6 +22,7 @@ use crate::wire::{EDNS_UDP_SIZE, MAX_TTL, rcode};
 pub(crate) struct TtlPolicy {
     pub(crate) min_ttl: u32,
     pub(crate) max_ttl: u32,
+    pub(crate) negative_min_ttl: u32,
     pub(crate) negative_max_ttl: u32,
 }
 
@@ -31,7 +32,7 @@ impl TtlPolicy {
     ///   section, clamped to `min_ttl..=max_ttl`;
     /// - negative (NXDOMAIN, or NOERROR without such a record: NODATA, possibly after a CNAME
     ///   chain): min(SOA TTL, SOA MINIMUM) and the answer section's TTLs, capped at
-    ///   `negative_max_ttl`; without an SOA in the authority section it is not cached
+    ///   `negative_min_ttl..=negative_max_ttl`; without an SOA in the authority section it is not cached
     ///   (RFC 2308 §5);
     /// - truncated answers and anything but NOERROR/NXDOMAIN (SERVFAIL included) are never
     ///   cached: the pool already tried the other upstreams for them.
@@ -46,8 +47,10 @@ impl TtlPolicy {
             let lifetime = answer_ttl.clamp(self.min_ttl, self.max_ttl);
             answer.set_ttls(self.min_ttl, lifetime, lifetime);
         } else if let Some(negative) = facts.negative_ttl {
-            let lifetime = negative.min(answer_ttl).min(self.negative_max_ttl);
-            answer.set_ttls(0, lifetime, lifetime);
+            let lifetime = negative
+                .min(answer_ttl)
+                .clamp(self.negative_min_ttl, self.negative_max_ttl);
+            answer.set_ttls(self.negative_min_ttl, lifetime, lifetime);
         } else {
             answer.set_ttls(0, MAX_TTL, 0);
         }
@@ -169,6 +172,7 @@ mod tests {
     const POLICY: TtlPolicy = TtlPolicy {
         min_ttl: 0,
         max_ttl: 86_400,
+        negative_min_ttl: 0,
         negative_max_ttl: 3_600,
     };
 
@@ -237,6 +241,24 @@ mod tests {
                 POLICY
             ),
             3600
+        );
+        let floored = TtlPolicy {
+            negative_min_ttl: 30,
+            negative_max_ttl: 40,
+            ..POLICY
+        };
+        assert_eq!(
+            lifetime_of(vec![], vec![soa(5, 5)], ResponseCode::NXDomain, floored),
+            30
+        );
+        assert_eq!(
+            lifetime_of(vec![], vec![soa(90, 90)], ResponseCode::NXDomain, floored),
+            40
+        );
+        assert_eq!(
+            lifetime_of(vec![], vec![], ResponseCode::NXDomain, floored),
+            0,
+            "no SOA, no caching, whatever the floor"
         );
         assert_eq!(
             lifetime_of(vec![], vec![], ResponseCode::NXDomain, POLICY),

@@ -69,31 +69,32 @@ pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 #[must_use]
 pub struct ResolverBuilder {
-    upstreams: Vec<SocketAddr>,
-    cache_capacity: usize,
-    min_ttl: u32,
-    max_ttl: u32,
-    negative_max_ttl: u32,
-    attempt_timeout: Duration,
-    min_attempt_timeout: Duration,
-    timeout: Duration,
-    max_attempts: Option<usize>,
-    max_failures: u32,
-    probe_interval: Duration,
-    max_probe_interval: Duration,
-    hedge_share: f64,
-    retry_budget: f64,
-    selection: Selection,
-    upstream_sockets: usize,
-    case_randomization: bool,
-    stale_answer_timeout: Duration,
-    max_stale: Duration,
-    failure_ttl: Duration,
-    prefetch: bool,
-    max_in_flight: usize,
-    max_waiters: usize,
-    tcp_connections: usize,
-    tcp_idle_timeout: Duration,
+    pub(crate) upstreams: Vec<SocketAddr>,
+    pub(crate) cache_capacity: usize,
+    pub(crate) min_ttl: u32,
+    pub(crate) max_ttl: u32,
+    pub(crate) negative_min_ttl: u32,
+    pub(crate) negative_max_ttl: u32,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) min_attempt_timeout: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) max_attempts: Option<usize>,
+    pub(crate) max_failures: u32,
+    pub(crate) probe_interval: Duration,
+    pub(crate) max_probe_interval: Duration,
+    pub(crate) hedge_share: f64,
+    pub(crate) retry_budget: f64,
+    pub(crate) selection: Selection,
+    pub(crate) upstream_sockets: usize,
+    pub(crate) case_randomization: bool,
+    pub(crate) stale_answer_timeout: Duration,
+    pub(crate) max_stale: Duration,
+    pub(crate) failure_ttl: Duration,
+    pub(crate) prefetch: bool,
+    pub(crate) max_in_flight: usize,
+    pub(crate) max_waiters: usize,
+    pub(crate) tcp_connections: usize,
+    pub(crate) tcp_idle_timeout: Duration,
 }
 
 impl Default for ResolverBuilder {
@@ -103,6 +104,7 @@ impl Default for ResolverBuilder {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
             min_ttl: 0,
             max_ttl: DEFAULT_MAX_TTL,
+            negative_min_ttl: 0,
             negative_max_ttl: DEFAULT_NEGATIVE_MAX_TTL,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             min_attempt_timeout: DEFAULT_MIN_ATTEMPT_TIMEOUT,
@@ -158,6 +160,13 @@ impl ResolverBuilder {
     /// Ceiling on a positive answer's TTL, in seconds (default 86,400).
     pub fn max_ttl(mut self, seconds: u32) -> Self {
         self.max_ttl = seconds;
+        self
+    }
+
+    /// Floor on a negative (NXDOMAIN, NODATA) answer's TTL, in seconds (default 0: the
+    /// SOA's). A negative answer without an SOA is still not cached.
+    pub fn negative_min_ttl(mut self, seconds: u32) -> Self {
+        self.negative_min_ttl = seconds;
         self
     }
 
@@ -334,6 +343,11 @@ impl ResolverBuilder {
         if self.min_ttl > self.max_ttl {
             return Err(Error::Config("min_ttl must not exceed max_ttl"));
         }
+        if self.negative_min_ttl > self.negative_max_ttl {
+            return Err(Error::Config(
+                "negative_min_ttl must not exceed negative_max_ttl",
+            ));
+        }
         if self.attempt_timeout.is_zero() || self.timeout.is_zero() {
             return Err(Error::Config("timeouts must be greater than zero"));
         }
@@ -367,6 +381,7 @@ impl ResolverBuilder {
         let policy = TtlPolicy {
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,
+            negative_min_ttl: self.negative_min_ttl,
             negative_max_ttl: self.negative_max_ttl,
         };
         let pool = PoolConfig {

@@ -28,6 +28,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
     TtlPolicy {
         min_ttl: 0,
         max_ttl: crate::DEFAULT_MAX_TTL,
+        negative_min_ttl: 0,
         negative_max_ttl: crate::DEFAULT_NEGATIVE_MAX_TTL,
     }
     .apply(&mut answer);

@@ -141,6 +141,7 @@ pub mod message;
 mod query;
 mod resolver;
 mod service;
+pub mod settings;
 mod stats;
 mod upstream;
 mod wire;

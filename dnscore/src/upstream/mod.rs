@@ -252,7 +252,8 @@ impl Future for Attempts {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0.retain_mut(|attempt| attempt.as_mut().poll(cx).is_pending());
+        self.0
+            .retain_mut(|attempt| attempt.as_mut().poll(cx).is_pending());
         Poll::Pending
     }
 }
