@@ -37,25 +37,25 @@ impl Kind {
     /// How the value is written, for help texts: `N`, `DURATION`...
     pub fn placeholder(self) -> &'static str {
         match self {
-            Kind::Count => "N",
-            Kind::CountOrAuto => "N|auto",
-            Kind::Seconds => "SECONDS",
-            Kind::Duration => "DURATION",
-            Kind::Ratio => "SHARE",
-            Kind::Flag => "BOOL",
-            Kind::Selection => "POLICY",
+            Self::Count => "N",
+            Self::CountOrAuto => "N|auto",
+            Self::Seconds => "SECONDS",
+            Self::Duration => "DURATION",
+            Self::Ratio => "SHARE",
+            Self::Flag => "BOOL",
+            Self::Selection => "POLICY",
         }
     }
 
     fn expected(self) -> &'static str {
         match self {
-            Kind::Count => "a whole number",
-            Kind::CountOrAuto => "a whole number or \"auto\"",
-            Kind::Seconds => "whole seconds (30, 30s, 5m)",
-            Kind::Duration => "a duration (500ms, 30s, 2m, 1h, or seconds)",
-            Kind::Ratio => "a number between 0 and 1",
-            Kind::Flag => "true or false",
-            Kind::Selection => "lowest-rtt, random, round-robin or sequential",
+            Self::Count => "a whole number",
+            Self::CountOrAuto => "a whole number or \"auto\"",
+            Self::Seconds => "whole seconds (30, 30s, 5m)",
+            Self::Duration => "a duration (500ms, 30s, 2m, 1h, or seconds)",
+            Self::Ratio => "a number between 0 and 1",
+            Self::Flag => "true or false",
+            Self::Selection => "lowest-rtt, random, round-robin or sequential",
         }
     }
 }
@@ -180,11 +180,11 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 && !d.is_zero() {
         format!("{}us", d.as_micros())
-    } else if ms % 3_600_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(3_600_000) && ms > 0 {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else if ms < 1000 {
         format!("{ms}ms")
