@@ -21,6 +21,7 @@ import (
 	"errors"
 	"math"
 	"net"
+	"sort"
 	"sync"
 	"time"
 	"unsafe"
@@ -38,6 +39,11 @@ type Options struct {
 	AttemptTimeout time.Duration
 	// WorkerThreads is the number of the resolver's own threads (default 2).
 	WorkerThreads int
+	// Settings are any other settings of the resolver, by the names and with the values
+	// of the sidecar's flags: {"max-ttl": "30s", "negative-max-ttl": "5s",
+	// "selection": "round-robin"} (`dnscore-sidecar --help` lists them). They win over
+	// the fields above. An unknown name or a bad value is an error from New.
+	Settings map[string]string
 }
 
 // Error is a failure reported by the C library: Code is one of the DNSCORE_E* codes.
@@ -88,23 +94,11 @@ type Resolver struct {
 // New builds a resolver. Call Close when done with it.
 func New(opts Options) (*Resolver, error) {
 	cfg := C.dnscore_config_default()
-	cstrs := make([]*C.char, len(opts.Upstreams))
-	for i, u := range opts.Upstreams {
-		cstrs[i] = C.CString(u)
-	}
-	defer func() {
-		for _, p := range cstrs {
-			C.free(unsafe.Pointer(p))
-		}
-	}()
-	// The array of pointers lives in C memory: a Go slice holding pointers may not be
-	// passed inside a struct to C.
-	if len(cstrs) > 0 {
-		arr := (**C.char)(C.malloc(C.size_t(len(cstrs)) * C.size_t(unsafe.Sizeof(cstrs[0]))))
-		defer C.free(unsafe.Pointer(arr))
-		copy(unsafe.Slice(arr, len(cstrs)), cstrs)
+	if len(opts.Upstreams) > 0 {
+		arr, free := cStrings(opts.Upstreams)
+		defer free()
 		cfg.upstreams = arr
-		cfg.upstreams_len = C.size_t(len(cstrs))
+		cfg.upstreams_len = C.size_t(len(opts.Upstreams))
 	}
 	if opts.CacheCapacity > 0 {
 		cfg.cache_capacity = C.size_t(opts.CacheCapacity)
@@ -118,12 +112,44 @@ func New(opts Options) (*Resolver, error) {
 	if opts.WorkerThreads > 0 {
 		cfg.worker_threads = C.uint32_t(opts.WorkerThreads)
 	}
+	if len(opts.Settings) > 0 {
+		names := make([]string, 0, len(opts.Settings))
+		for name := range opts.Settings {
+			names = append(names, name)
+		}
+		sort.Strings(names) // errors name settings[i]: the same i for the same options
+		pairs := make([]string, len(names))
+		for i, name := range names {
+			pairs[i] = name + "=" + opts.Settings[name]
+		}
+		arr, free := cStrings(pairs)
+		defer free()
+		cfg.settings = arr
+		cfg.settings_len = C.size_t(len(pairs))
+	}
 	var cerr C.dnscore_error
 	ptr := C.dnscore_resolver_new(&cfg, &cerr)
 	if ptr == nil {
 		return nil, &Error{Code: int(cerr.code), Detail: C.GoString(&cerr.message[0])}
 	}
 	return &Resolver{ptr: ptr}, nil
+}
+
+// cStrings copies list into C strings and an array of their pointers in C memory (a Go
+// slice holding pointers may not be passed inside a struct to C); free releases them all.
+func cStrings(list []string) (**C.char, func()) {
+	ptrs := make([]*C.char, len(list))
+	for i, s := range list {
+		ptrs[i] = C.CString(s)
+	}
+	arr := (**C.char)(C.malloc(C.size_t(len(ptrs)) * C.size_t(unsafe.Sizeof(ptrs[0]))))
+	copy(unsafe.Slice(arr, len(ptrs)), ptrs)
+	return arr, func() {
+		for _, p := range ptrs {
+			C.free(unsafe.Pointer(p))
+		}
+		C.free(unsafe.Pointer(arr))
+	}
 }
 
 // Close frees the resolver, after waiting for calls still inside it (at most the

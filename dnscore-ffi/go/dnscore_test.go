@@ -155,6 +155,62 @@ func TestResolve(t *testing.T) {
 	}
 }
 
+// firstTTL is the TTL of the first record after the question of resp, an answer to q
+// (which it echoes): the answer's, or for a negative answer the SOA's in the authority.
+func firstTTL(t *testing.T, q, resp []byte) uint32 {
+	t.Helper()
+	at := len(q)
+	for at < len(resp) && resp[at] != 0 && resp[at]&0xc0 != 0xc0 {
+		at += int(resp[at]) + 1
+	}
+	if at < len(resp) && resp[at]&0xc0 == 0xc0 {
+		at += 2
+	} else {
+		at++
+	}
+	if at+8 > len(resp) {
+		t.Fatalf("no record after the question: % x", resp)
+	}
+	return binary.BigEndian.Uint32(resp[at+4:])
+}
+
+func TestSettingsByName(t *testing.T) {
+	r, err := New(Options{
+		Upstreams: []string{upstream},
+		Settings:  map[string]string{"max-ttl": "30s", "negative-max-ttl": "5s"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	q := query(1, "a.test.", 1)
+	resp, err := r.Resolve(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl := firstTTL(t, q, resp); ttl > 30 {
+		t.Fatalf("a.test: TTL %d over max-ttl 30 (the zone says 300)", ttl)
+	}
+	q = query(2, "nope.test.", 1)
+	resp, err = r.Resolve(context.Background(), q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp[3]&0x0f != 3 || binary.BigEndian.Uint16(resp[8:]) == 0 {
+		t.Fatalf("nope.test: not NXDOMAIN with an authority: % x", resp[:12])
+	}
+	if ttl := firstTTL(t, q, resp); ttl > 5 {
+		t.Fatalf("nope.test: negative TTL %d over negative-max-ttl 5 (the SOA says 60)", ttl)
+	}
+	for _, bad := range []map[string]string{{"max-tll": "30"}, {"timeout": "soon"}} {
+		_, err := New(Options{Upstreams: []string{upstream}, Settings: bad})
+		var e *Error
+		if !errors.As(err, &e) || !strings.Contains(e.Error(), "settings[0]") {
+			t.Fatalf("%v: %v", bad, err)
+		}
+	}
+}
+
 func TestNetResolver(t *testing.T) {
 	r := newResolver(t, upstream, 0)
 	nr := r.NetResolver()

@@ -102,6 +102,14 @@ typedef struct dnscore_config {
   uint32_t attempt_timeout_ms;
   // Threads of the resolver's runtime, which run queries and async callbacks; 0: 2.
   uint32_t worker_threads;
+  // Any other setting of the resolver, each a `"name=value"` string with the names and
+  // values of the sidecar's flags (`"max-ttl=30s"`, `"negative-max-ttl=5"`,
+  // `"selection=round-robin"`, `"prefetch=false"`; `dnscore-sidecar --help` lists them).
+  // Applied after the fields above, so a setting here wins. NULL with `settings_len` 0
+  // for none. Read during `dnscore_resolver_new` only.
+  const char *const *settings;
+  // Number of strings in `settings`.
+  size_t settings_len;
 } dnscore_config;
 
 // One IP address.

@@ -31,6 +31,14 @@ pub struct dnscore_config {
     pub attempt_timeout_ms: u32,
     /// Threads of the resolver's runtime, which run queries and async callbacks; 0: 2.
     pub worker_threads: u32,
+    /// Any other setting of the resolver, each a `"name=value"` string with the names and
+    /// values of the sidecar's flags (`"max-ttl=30s"`, `"negative-max-ttl=5"`,
+    /// `"selection=round-robin"`, `"prefetch=false"`; `dnscore-sidecar --help` lists them).
+    /// Applied after the fields above, so a setting here wins. NULL with `settings_len` 0
+    /// for none. Read during `dnscore_resolver_new` only.
+    pub settings: *const *const c_char,
+    /// Number of strings in `settings`.
+    pub settings_len: usize,
 }
 
 /// The default configuration: no upstream, and every numeric field at its default
@@ -44,6 +52,8 @@ pub extern "C" fn dnscore_config_default() -> dnscore_config {
         timeout_ms: millis(dnscore::DEFAULT_TIMEOUT),
         attempt_timeout_ms: millis(dnscore::DEFAULT_ATTEMPT_TIMEOUT),
         worker_threads: DEFAULT_WORKER_THREADS,
+        settings: std::ptr::null(),
+        settings_len: 0,
     }
 }
 
@@ -62,7 +72,7 @@ impl Config {
     ///
     /// # Safety
     /// `cfg.upstreams` is NULL or points to `cfg.upstreams_len` pointers, each NULL or a
-    /// NUL-terminated string.
+    /// NUL-terminated string; so is `cfg.settings` with `cfg.settings_len`.
     pub(crate) unsafe fn from_c(cfg: &dnscore_config) -> Result<Self, NewError> {
         let bad = |msg: String| NewError::new(dnscore_code::DNSCORE_ECONFIG, msg);
         if cfg.upstreams_len == 0 {
@@ -97,6 +107,25 @@ impl Config {
         }
         if cfg.attempt_timeout_ms != 0 {
             builder = builder.attempt_timeout(Duration::from_millis(cfg.attempt_timeout_ms.into()));
+        }
+        if cfg.settings_len != 0 {
+            if cfg.settings.is_null() {
+                return Err(NewError::new(
+                    dnscore_code::DNSCORE_ENULL,
+                    "settings is NULL but settings_len is not 0",
+                ));
+            }
+            // SAFETY: non-NULL, and the caller guarantees `settings_len` readable pointers.
+            let pairs = unsafe { std::slice::from_raw_parts(cfg.settings, cfg.settings_len) };
+            for (i, &ptr) in pairs.iter().enumerate() {
+                // SAFETY: the caller guarantees each pointer is NULL or a NUL-terminated string.
+                let pair = unsafe { try_str(ptr) }.map_err(|code| {
+                    NewError::new(code, format!("settings[{i}] is NULL or not UTF-8"))
+                })?;
+                builder = builder
+                    .set_pair(pair)
+                    .map_err(|e| bad(format!("settings[{i}]: {e}")))?;
+            }
         }
         let worker_threads = match cfg.worker_threads {
             0 => DEFAULT_WORKER_THREADS,

@@ -73,16 +73,30 @@ impl Drop for Resolver {
 }
 
 fn resolver_for(upstreams: &[&str], timeout_ms: u32) -> Result<Resolver, dnscore_error> {
-    let strings: Vec<CString> = upstreams
-        .iter()
-        .map(|s| CString::new(*s).unwrap())
-        .collect();
+    resolver_with(upstreams, timeout_ms, &[])
+}
+
+/// A resolver with `settings` ("name=value") besides the upstreams and timeouts.
+fn resolver_with(
+    upstreams: &[&str],
+    timeout_ms: u32,
+    settings: &[&str],
+) -> Result<Resolver, dnscore_error> {
+    let c_strings = |list: &[&str]| -> Vec<CString> {
+        list.iter().map(|s| CString::new(*s).unwrap()).collect()
+    };
+    let (strings, pairs) = (c_strings(upstreams), c_strings(settings));
     let ptrs: Vec<*const c_char> = strings.iter().map(|s| s.as_ptr()).collect();
+    let pair_ptrs: Vec<*const c_char> = pairs.iter().map(|s| s.as_ptr()).collect();
     let mut cfg = dnscore_config_default();
     cfg.upstreams = ptrs.as_ptr();
     cfg.upstreams_len = ptrs.len();
     cfg.timeout_ms = timeout_ms;
     cfg.attempt_timeout_ms = timeout_ms.min(400);
+    if !pair_ptrs.is_empty() {
+        cfg.settings = pair_ptrs.as_ptr();
+        cfg.settings_len = pair_ptrs.len();
+    }
     let mut err = dnscore_error::new_zeroed();
     // SAFETY: cfg and its strings live across the call; err is writable.
     let r = unsafe { dnscore_resolver_new(&cfg, &mut err) };
@@ -478,6 +492,43 @@ fn bad_configs() {
     assert_eq!(err.code, code(dnscore_code::DNSCORE_ENULL));
     // SAFETY: NULL is ignored.
     unsafe { dnscore_resolver_free(ptr::null_mut()) };
+}
+
+#[test]
+fn settings_by_name_cap_the_ttls_and_bad_ones_are_named() {
+    let up = Upstream::start();
+    up.server.add_record(
+        "long.test.",
+        dnscore::proto::rr::RData::A(dnscore::proto::rr::rdata::A::new(10, 0, 0, 7)),
+        300,
+    );
+    let addr = up.server.addr().to_string();
+    let r = resolver_with(&[&addr], 2000, &["max-ttl=30s", "negative-max-ttl=5"]).unwrap();
+    let (rc, out, _) = resolve(&r, &query("long.test.", RecordType::A, 7), 512);
+    assert_eq!(rc, OK);
+    let m = Message::from_vec(&out).unwrap();
+    assert!(m.answers[0].ttl <= 30, "TTL {}", m.answers[0].ttl);
+    let (rc, out, _) = resolve(&r, &query("nowhere.test.", RecordType::A, 8), 512);
+    assert_eq!(rc, OK);
+    let m = Message::from_vec(&out).unwrap();
+    assert!(
+        m.authorities[0].ttl <= 5,
+        "negative TTL {}",
+        m.authorities[0].ttl
+    );
+    for (bad, says) in [
+        ("max-tll=30", "unknown setting"),
+        ("max-ttl=soon", "whole seconds"),
+        ("max-ttl", "name=value"),
+    ] {
+        let err = resolver_with(&[&addr], 2000, &[bad]).err().expect(bad);
+        assert_eq!(err.code, code(dnscore_code::DNSCORE_ECONFIG));
+        // SAFETY: the message is NUL-terminated within its array.
+        let msg = unsafe { CStr::from_ptr(err.message.as_ptr()) }
+            .to_str()
+            .unwrap();
+        assert!(msg.contains("settings[0]") && msg.contains(says), "{msg}");
+    }
 }
 
 #[test]

@@ -1,18 +1,40 @@
 //! The sidecar's configuration: one set of names, given as flags (`--cache-capacity`),
 //! environment variables (`DNSCORE_CACHE_CAPACITY`) or keys of an optional TOML file
 //! (`cache-capacity = 10000`). A flag wins over the environment, which wins over the file,
-//! which wins over the default. SIGHUP re-reads the file (and resolv.conf) and applies what
+//! which wins over the default. The resolver's own settings (cache, TTLs, timeouts,
+//! selection...) are not declared here: each setting of `dnscore::settings` becomes a flag,
+//! a variable and a key of the same name. Durations are written `500ms`, `30s`, `2m`, `1h`
+//! or as bare seconds. SIGHUP re-reads the file (and resolv.conf) and applies what
 //! can change while serving: upstreams (unless --discover follows them), cache capacity,
 //! log level; it names any other changed setting in a warning, to be applied at the next
 //! restart.
 
-use std::net::SocketAddr;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Parser};
+use dnscore::ResolverBuilder;
+use dnscore::settings::{Kind, parse_duration, settings};
 use ipnet::IpNet;
 use serde::Deserialize;
+
+/// Default `--listen`: the pod's loopback, port 53.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 53);
+/// The port of `/metrics`, `/health` and `/ready` (CoreDNS's `prometheus` plugin's).
+pub const METRICS_PORT: u16 = 9153;
+/// Default `--metrics-listen`: loopback (`inject` binds the pod IP, for the kubelet).
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), METRICS_PORT);
+/// Default `--lameduck`: answers go on this long after SIGTERM while `/ready` says 503
+/// (CoreDNS's `health` plugin's `lameduck`, as Kubernetes' CoreDNS Corefile sets it).
+pub const DEFAULT_LAMEDUCK: Duration = Duration::from_secs(5);
+/// Longest `--lameduck` accepted.
+pub const MAX_LAMEDUCK: Duration = Duration::from_secs(3600);
+/// Default `--discover-interval`.
+pub const DEFAULT_DISCOVER_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A DNS cache for one pod: answers on a loopback address, forwards misses UDP-first to the
 /// upstreams, retries on another upstream when one fails. Every option is also an environment
@@ -67,9 +89,9 @@ pub struct InjectFlags {
     /// Force this ndots option [default: keep the pod's, else 5].
     #[arg(long)]
     pub ndots: Option<u8>,
-    /// Seconds the sidecar keeps answering after SIGTERM, 0 to 3600 [default: 5].
-    #[arg(long, value_parser = lameduck_seconds)]
-    pub lameduck: Option<f64>,
+    /// How long the sidecar keeps answering after SIGTERM, up to 1h [default: 5s].
+    #[arg(long)]
+    pub lameduck: Option<DurationArg>,
     /// Address of the sidecar's metrics and probes; must be reachable by the kubelet
     /// [default: 0.0.0.0:9153].
     #[arg(long)]
@@ -81,14 +103,6 @@ pub struct InjectFlags {
     /// bind port 53 some other way).
     #[arg(long)]
     pub no_unprivileged_port_sysctl: bool,
-}
-
-/// `--lameduck` of `inject`: the range the sidecar itself accepts (NaN is refused).
-fn lameduck_seconds(arg: &str) -> Result<f64, String> {
-    match arg.parse::<f64>() {
-        Ok(seconds) if (0.0..=3600.0).contains(&seconds) => Ok(seconds),
-        _ => Err("seconds between 0 and 3600".into()),
-    }
 }
 
 impl InjectFlags {
@@ -113,8 +127,8 @@ impl InjectFlags {
         if self.ndots.is_some() {
             o.ndots = self.ndots;
         }
-        if let Some(seconds) = self.lameduck {
-            o.lameduck = Duration::from_secs_f64(seconds);
+        if let Some(DurationArg(lameduck)) = self.lameduck {
+            o.lameduck = lameduck.min(MAX_LAMEDUCK);
         }
         if let Some(addr) = self.metrics_listen {
             o.metrics_listen = addr;
@@ -148,26 +162,15 @@ pub struct Settings {
     /// Port of the discovered upstreams [default: 53].
     #[arg(long, env = "DNSCORE_DISCOVER_PORT")]
     pub discover_port: Option<u16>,
-    /// Seconds between two resolutions of --discover [default: 5].
+    /// Time between two resolutions of --discover, at least 1s [default: 5s].
     #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL")]
-    pub discover_interval: Option<u64>,
-    /// Cached answers at most [default: 10000].
-    #[arg(long, env = "DNSCORE_CACHE_CAPACITY")]
-    pub cache_capacity: Option<usize>,
-    /// Sticky UDP sockets per upstream, each carrying many queries (a conntrack entry each
-    /// on the node); 0 for a fresh socket per upstream query [default: 4].
-    #[arg(long, env = "DNSCORE_UPSTREAM_SOCKETS")]
-    pub upstream_sockets: Option<usize>,
-    /// Randomise the letter case of upstream queries (0x20) and require it echoed
-    /// [default: false].
-    #[arg(long, env = "DNSCORE_CASE_RANDOMIZATION", num_args = 0..=1, default_missing_value = "true")]
-    pub case_randomization: Option<bool>,
+    pub discover_interval: Option<DurationArg>,
     /// Address of /metrics, /health and /ready [default: 127.0.0.1:9153].
     #[arg(long, env = "DNSCORE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Seconds to keep answering after SIGTERM while /ready says 503 [default: 5].
+    /// How long to keep answering after SIGTERM while /ready says 503, up to 1h [default: 5s].
     #[arg(long, env = "DNSCORE_LAMEDUCK")]
-    pub lameduck: Option<f64>,
+    pub lameduck: Option<DurationArg>,
     /// Receive loops, one UDP socket each (SO_REUSEPORT) [default: the CPUs the container may use].
     #[arg(long, env = "DNSCORE_WORKERS")]
     pub workers: Option<usize>,
@@ -185,6 +188,101 @@ pub struct Settings {
     /// Log filter, as RUST_LOG (e.g. "info", "dnscore=debug") [default: info].
     #[arg(long, env = "DNSCORE_LOG")]
     pub log: Option<String>,
+    /// The resolver's settings (`dnscore::settings`), by name.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub resolver: ResolverSettings,
+}
+
+/// A duration as flags, variables and the file write it: `500ms`, `30s`, `2m`, `1h`, or
+/// bare seconds (`5`, `1.5`; in TOML also a number).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+impl std::str::FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        parse_duration(text)
+            .map(Self)
+            .ok_or_else(|| format!("{text:?} is not a duration (500ms, 30s, 2m, 1h, or seconds)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationArg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Seconds(f64),
+            Text(String),
+        }
+        let text = match Written::deserialize(d)? {
+            Written::Seconds(seconds) => seconds.to_string(),
+            Written::Text(text) => text,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The resolver's settings that were given, by name, as text (checked when given, applied
+/// in [`Config::builder`]). Every setting of [`dnscore::settings`] is a flag
+/// (`--max-ttl 30s`), a variable (`DNSCORE_MAX_TTL`) and a key of the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResolverSettings(pub BTreeMap<String, String>);
+
+impl ResolverSettings {
+    /// `self` where set, else `lower`.
+    fn or(self, lower: Self) -> Self {
+        let mut merged = lower.0;
+        merged.extend(self.0);
+        Self(merged)
+    }
+
+    /// Checks `value` for the setting `name`, as a flag value.
+    fn check(name: &'static str, value: &str) -> Result<String, String> {
+        ResolverBuilder::default()
+            .set(name, value)
+            .map(|_| value.to_string())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl clap::FromArgMatches for ResolverSettings {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let given = settings().iter().filter_map(|s| {
+            let value = matches.get_one::<String>(s.name)?;
+            Some((s.name.to_string(), value.clone()))
+        });
+        Ok(Self(given.collect()))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?.or(std::mem::take(self));
+        Ok(())
+    }
+}
+
+impl clap::Args for ResolverSettings {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        settings().iter().fold(cmd, |cmd, s| {
+            let name = s.name;
+            let mut arg = Arg::new(name)
+                .long(name)
+                .env(s.env_var())
+                .value_name(s.kind.placeholder())
+                .help(format!("{} [default: {}]", s.help, s.default_value()))
+                .value_parser(move |v: &str| Self::check(name, v));
+            if s.kind == Kind::Flag {
+                arg = arg.num_args(0..=1).default_missing_value("true");
+            }
+            cmd.arg(arg)
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// How log lines are written.
@@ -220,6 +318,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
+    /// A setting of the resolver is unknown, malformed or out of range.
+    #[error("invalid configuration: {0}")]
+    Resolver(String),
     /// The upstreams from resolv.conf cannot be used.
     #[error(transparent)]
     ResolvConf(#[from] crate::resolv_conf::ResolvConfError),
@@ -234,12 +335,8 @@ pub struct Config {
     pub upstreams: Vec<SocketAddr>,
     /// Discovery by name: (name, port, interval).
     pub discover: Option<(String, u16, Duration)>,
-    /// See [`Settings::cache_capacity`].
-    pub cache_capacity: usize,
-    /// See [`Settings::upstream_sockets`].
-    pub upstream_sockets: usize,
-    /// See [`Settings::case_randomization`].
-    pub case_randomization: bool,
+    /// The resolver's settings that were given (see [`Config::builder`]).
+    pub resolver: ResolverSettings,
     /// See [`Settings::metrics_listen`].
     pub metrics_listen: SocketAddr,
     /// See [`Settings::lameduck`].
@@ -257,35 +354,95 @@ pub struct Config {
 }
 
 impl Config {
+    /// The resolver this configuration asks for, not yet built.
+    pub fn builder(&self) -> Result<ResolverBuilder, ConfigError> {
+        let builder = dnscore::Resolver::builder().upstreams(self.upstreams.iter().copied());
+        self.resolver
+            .0
+            .iter()
+            .try_fold(builder, |b, (name, value)| b.set(name, value))
+            .map_err(|e| ConfigError::Resolver(e.to_string()))
+    }
+
+    /// Every setting by its name, with its value written as it would be given: the
+    /// sidecar's, then the resolver's (defaults included). `--check-config` prints these.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        fn list<T: std::fmt::Display>(items: &[T]) -> String {
+            items.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+        }
+        let (discover, port, interval) = match &self.discover {
+            Some((name, port, interval)) => (name.clone(), *port, *interval),
+            None => (String::new(), 53, DEFAULT_DISCOVER_INTERVAL),
+        };
+        let duration = dnscore::settings::format_duration;
+        let mut entries = vec![
+            ("listen", self.listen.to_string()),
+            ("upstream", list(&self.upstreams)),
+            ("discover", discover),
+            ("discover-port", port.to_string()),
+            ("discover-interval", duration(interval)),
+            ("metrics-listen", self.metrics_listen.to_string()),
+            ("lameduck", duration(self.lameduck)),
+            ("workers", self.workers.to_string()),
+            ("allow", list(&self.allow)),
+            (
+                "rate-limit",
+                self.rate_limit.map_or_else(String::new, |n| n.to_string()),
+            ),
+            (
+                "log-format",
+                format!("{:?}", self.log_format).to_lowercase(),
+            ),
+            ("log", self.log.clone()),
+        ];
+        let builder = self
+            .builder()
+            .unwrap_or_else(|_| dnscore::Resolver::builder());
+        entries.extend(settings().iter().map(|s| (s.name, s.value(&builder))));
+        entries
+    }
+
     /// The settings that differ in `next` but change only on restart (a reload applies
-    /// upstreams, cache capacity and the log filter), by their flag names. With `discover`,
+    /// upstreams, cache capacity and the log filter), by their names. With `discover`,
     /// the upstream list is discovery's: the configured upstreams (its fallback) wait too.
     pub fn restart_only_changes(&self, next: &Self) -> Vec<&'static str> {
-        [
-            (
-                "upstream",
-                self.discover.is_some() && self.upstreams != next.upstreams,
-            ),
-            ("listen", self.listen != next.listen),
-            ("metrics-listen", self.metrics_listen != next.metrics_listen),
-            ("workers", self.workers != next.workers),
-            (
-                "upstream-sockets",
-                self.upstream_sockets != next.upstream_sockets,
-            ),
-            (
-                "case-randomization",
-                self.case_randomization != next.case_randomization,
-            ),
-            ("discover", self.discover != next.discover),
-            ("lameduck", self.lameduck != next.lameduck),
-            ("allow", self.allow != next.allow),
-            ("rate-limit", self.rate_limit != next.rate_limit),
-            ("log-format", self.log_format != next.log_format),
-        ]
-        .into_iter()
-        .filter_map(|(name, changed)| changed.then_some(name))
-        .collect()
+        let reloadable = |name: &str| match name {
+            "upstream" => self.discover.is_none(),
+            "cache-capacity" | "log" => true,
+            _ => false,
+        };
+        self.entries()
+            .into_iter()
+            .zip(next.entries())
+            .filter(|((name, old), (_, new))| old != new && !reloadable(name))
+            .map(|((name, _), _)| name)
+            .collect()
+    }
+
+    /// The cache capacity this configuration asks for.
+    pub fn cache_capacity(&self) -> usize {
+        self.builder()
+            .ok()
+            .and_then(|b| b.get("cache-capacity"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(dnscore::DEFAULT_CACHE_CAPACITY)
+    }
+}
+
+/// Where a setting's value came from, for `--check-config`: `flag`, `environment`, `file`
+/// or `default`. `file` holds the keys of the configuration file.
+pub fn source_of(matches: &ArgMatches, file: &BTreeMap<String, ()>, name: &str) -> &'static str {
+    // Clap names the sidecar's own arguments by field (snake_case), the resolver's by name.
+    let snake = name.replace('-', "_");
+    let given = matches
+        .ids()
+        .find(|id| id.as_str() == snake || id.as_str() == name)
+        .and_then(|id| matches.value_source(id.as_str()));
+    match given {
+        Some(ValueSource::CommandLine) => "flag",
+        Some(ValueSource::EnvVariable) => "environment",
+        _ if file.contains_key(name) => "file",
+        _ => "default",
     }
 }
 
@@ -296,10 +453,50 @@ impl Settings {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message,
         })
+    }
+
+    /// Reads TOML settings: the sidecar's own keys, and the resolver's by name (a string,
+    /// or a number or boolean where that is the value).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut resolver = BTreeMap::new();
+        for s in settings() {
+            let Some(value) = table.remove(s.name) else {
+                continue;
+            };
+            let text = match value {
+                toml::Value::String(text) => text,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "{}: expected a string or a number, found {}",
+                        s.name,
+                        other.type_str()
+                    ));
+                }
+            };
+            resolver.insert(s.name.to_string(), ResolverSettings::check(s.name, &text)?);
+        }
+        let mut own: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string())?;
+        own.resolver = ResolverSettings(resolver);
+        Ok(own)
+    }
+
+    /// The keys a TOML file sets (for `--check-config`'s sources); empty if it cannot be read.
+    pub fn file_keys(path: &Path) -> BTreeMap<String, ()> {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+            .map(|table| table.keys().map(|k| (k.clone(), ())).collect())
+            .unwrap_or_default()
     }
 
     /// `self` where set, else `lower`.
@@ -314,9 +511,6 @@ impl Settings {
             discover: self.discover.or(lower.discover),
             discover_port: self.discover_port.or(lower.discover_port),
             discover_interval: self.discover_interval.or(lower.discover_interval),
-            cache_capacity: self.cache_capacity.or(lower.cache_capacity),
-            upstream_sockets: self.upstream_sockets.or(lower.upstream_sockets),
-            case_randomization: self.case_randomization.or(lower.case_randomization),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             lameduck: self.lameduck.or(lower.lameduck),
             workers: self.workers.or(lower.workers),
@@ -324,12 +518,13 @@ impl Settings {
             rate_limit: self.rate_limit.or(lower.rate_limit),
             log_format: self.log_format.or(lower.log_format),
             log: self.log.or(lower.log),
+            resolver: self.resolver.or(lower.resolver),
         }
     }
 
     /// Fills in the defaults and checks the values.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let listen = self.listen.unwrap_or_else(|| ([127, 0, 0, 1], 53).into());
+        let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
         let upstreams = if self.upstream.is_empty() {
             let path = self
                 .resolv_conf
@@ -338,50 +533,38 @@ impl Settings {
         } else {
             self.upstream
         };
-        let lameduck = self.lameduck.unwrap_or(5.0);
-        if !(0.0..=3600.0).contains(&lameduck) {
-            return Err(ConfigError::Invalid(
-                "lameduck must be between 0 and 3600 seconds",
-            ));
+        let lameduck = self.lameduck.map_or(DEFAULT_LAMEDUCK, |d| d.0);
+        if lameduck > MAX_LAMEDUCK {
+            return Err(ConfigError::Invalid("lameduck must not exceed 1h"));
         }
         let workers = self.workers.unwrap_or_else(available_cpus);
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be between 1 and 256"));
         }
-        let cache_capacity = self
-            .cache_capacity
-            .unwrap_or(dnscore::DEFAULT_CACHE_CAPACITY);
-        if cache_capacity == 0 {
-            return Err(ConfigError::Invalid("cache-capacity must be at least 1"));
-        }
-        let upstream_sockets = self
-            .upstream_sockets
-            .unwrap_or(dnscore::DEFAULT_UPSTREAM_SOCKETS);
-        if upstream_sockets > 64 {
-            return Err(ConfigError::Invalid(
-                "upstream-sockets must be between 0 and 64",
-            ));
-        }
-        Ok(Config {
+        let config = Config {
             listen,
             upstreams,
             discover: self.discover.map(|name| {
-                let interval = Duration::from_secs(self.discover_interval.unwrap_or(5).max(1));
+                let interval = self
+                    .discover_interval
+                    .map_or(DEFAULT_DISCOVER_INTERVAL, |d| d.0)
+                    .max(Duration::from_secs(1));
                 (name, self.discover_port.unwrap_or(53), interval)
             }),
-            cache_capacity,
-            upstream_sockets,
-            case_randomization: self.case_randomization.unwrap_or(false),
-            metrics_listen: self
-                .metrics_listen
-                .unwrap_or_else(|| ([127, 0, 0, 1], 9153).into()),
-            lameduck: Duration::from_secs_f64(lameduck),
+            resolver: self.resolver,
+            metrics_listen: self.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN),
+            lameduck,
             workers,
             allow: self.allow,
             rate_limit: self.rate_limit.filter(|&n| n > 0),
             log_format: self.log_format.unwrap_or_default(),
             log: self.log.unwrap_or_else(|| "info".to_string()),
-        })
+        };
+        config
+            .builder()?
+            .check()
+            .map_err(|e| ConfigError::Resolver(e.to_string()))?;
+        Ok(config)
     }
 }
 
@@ -407,23 +590,61 @@ pub fn cgroup_cpus(cpu_max: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    fn resolver(pairs: &[(&str, &str)]) -> ResolverSettings {
+        ResolverSettings(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {
-        let file: Settings = toml::from_str(
-            "upstream = [\"10.0.0.10:53\"]\ncache-capacity = 50\nlameduck = 30\nlog-format = \"json\"\n",
+        let file = Settings::from_toml(
+            "upstream = [\"10.0.0.10:53\"]\ncache-capacity = 50\nmax-ttl = \"5m\"\n\
+             lameduck = 30\nlog-format = \"json\"\nprefetch = false\n",
         )
         .unwrap();
         let flags = Settings {
-            cache_capacity: Some(70),
+            resolver: resolver(&[("cache-capacity", "70")]),
+            lameduck: Some("1.5".parse().unwrap()),
             ..Settings::default()
         };
         let c = flags.or(file).resolve().unwrap();
-        assert_eq!(c.cache_capacity, 70);
+        assert_eq!(c.cache_capacity(), 70);
         assert_eq!(c.upstreams, vec!["10.0.0.10:53".parse().unwrap()]);
-        assert_eq!(c.lameduck, Duration::from_secs(30));
+        assert_eq!(c.lameduck, Duration::from_millis(1500));
         assert_eq!(c.log_format, LogFormat::Json);
-        assert_eq!(c.listen, "127.0.0.1:53".parse().unwrap());
-        assert_eq!(c.metrics_listen, "127.0.0.1:9153".parse().unwrap());
+        assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert_eq!(c.metrics_listen, DEFAULT_METRICS_LISTEN);
+        let entries: BTreeMap<_, _> = c.entries().into_iter().collect();
+        assert_eq!(entries["max-ttl"], "300");
+        assert_eq!(entries["prefetch"], "false");
+        assert_eq!(entries["negative-max-ttl"], "3600", "a default");
+        assert_eq!(entries["lameduck"], "1.5s");
+        assert_eq!(entries.len(), 12 + settings().len(), "every setting listed");
+    }
+
+    #[test]
+    fn durations_are_written_as_in_manifests() {
+        let s = Settings::from_toml("lameduck = \"30s\"\ndiscover-interval = \"2m\"\n").unwrap();
+        assert_eq!(s.lameduck, Some(DurationArg(Duration::from_secs(30))));
+        assert_eq!(
+            s.discover_interval,
+            Some(DurationArg(Duration::from_secs(120)))
+        );
+        assert_eq!(
+            Settings::from_toml("lameduck = 2.5\n").unwrap().lameduck,
+            Some(DurationArg(Duration::from_millis(2500)))
+        );
+        assert!("30x".parse::<DurationArg>().is_err());
+        let too_long = Settings {
+            upstream: vec!["10.0.0.10:53".parse().unwrap()],
+            lameduck: Some("2h".parse().unwrap()),
+            ..Settings::default()
+        };
+        assert!(matches!(too_long.resolve(), Err(ConfigError::Invalid(_))));
     }
 
     #[test]
@@ -436,15 +657,16 @@ mod tests {
         .unwrap();
         let mut next = running.clone();
         next.upstreams = vec!["10.0.0.11:53".parse().unwrap()];
-        next.cache_capacity += 1;
+        next.resolver = resolver(&[("cache-capacity", "20000")]);
         next.log = "debug".into();
         assert!(running.restart_only_changes(&next).is_empty());
         next.allow = vec!["10.0.0.0/8".parse().unwrap()];
         next.rate_limit = Some(5);
         next.workers += 1;
+        next.resolver = resolver(&[("cache-capacity", "20000"), ("max-ttl", "30")]);
         assert_eq!(
             running.restart_only_changes(&next),
-            ["workers", "allow", "rate-limit"]
+            ["workers", "allow", "rate-limit", "max-ttl"]
         );
         // Discovery owns the live list; the configured one is only its fallback.
         let discovering = Config {
@@ -457,13 +679,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        assert!(toml::from_str::<Settings>("cache_size = 5\n").is_err());
+        assert!(Settings::from_toml("cache_size = 5\n").is_err());
+        let err = Settings::from_toml("max-ttl = \"1.5s\"\n").unwrap_err();
+        assert!(err.contains("max-ttl"), "{err}");
+        assert!(Settings::from_toml("max-ttl = [30]\n").is_err());
         let bad = Settings {
             upstream: vec!["10.0.0.10:53".parse().unwrap()],
             workers: Some(0),
             ..Settings::default()
         };
         assert!(matches!(bad.resolve(), Err(ConfigError::Invalid(_))));
+        // Each value is well-formed, the pair is not: the core's range check says so.
+        let crossed = Settings {
+            upstream: vec!["10.0.0.10:53".parse().unwrap()],
+            resolver: resolver(&[("min-ttl", "60"), ("max-ttl", "30")]),
+            ..Settings::default()
+        };
+        assert!(matches!(crossed.resolve(), Err(ConfigError::Resolver(_))));
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub struct InjectOptions {
     /// sets the Kubernetes default, 5.
     pub ndots: Option<u8>,
     /// How long the sidecar keeps answering after SIGTERM while `/ready` fails
-    /// (`--lameduck`, written in seconds). Default: 5 s.
+    /// (`--lameduck`). Default: [`DEFAULT_LAMEDUCK`](crate::config::DEFAULT_LAMEDUCK).
     pub lameduck: Duration,
     /// The sidecar's metrics and probe listener (`--metrics-listen`). Kubelet probes the
     /// pod IP, not loopback, so this must not be a loopback address. Default:
@@ -117,8 +117,11 @@ impl Default for InjectOptions {
             namespace: "default".to_owned(),
             cluster_domain: "cluster.local".to_owned(),
             ndots: None,
-            lameduck: Duration::from_secs(5),
-            metrics_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 9153),
+            lameduck: crate::config::DEFAULT_LAMEDUCK,
+            metrics_listen: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                crate::config::METRICS_PORT,
+            ),
             cache_capacity: None,
             cpu_request: "25m".to_owned(),
             memory_request: "32Mi".to_owned(),
@@ -908,9 +911,9 @@ fn yaml(pairs: &[(&str, Value)]) -> Value {
     Value::Mapping(mapping(pairs))
 }
 
-/// Seconds as `--lameduck` takes them: `5`, `1.5`.
+/// A duration as `--lameduck` takes it: `5s`, `1500ms`.
 fn duration_arg(duration: Duration) -> String {
-    duration.as_secs_f64().to_string()
+    dnscore::settings::format_duration(duration)
 }
 
 #[cfg(test)]
@@ -964,7 +967,7 @@ mod tests {
             probes.validate(),
             Err(InjectError::InvalidOption { .. })
         ));
-        assert_eq!(duration_arg(Duration::from_millis(1500)), "1.5");
-        assert_eq!(duration_arg(Duration::from_secs(30)), "30");
+        assert_eq!(duration_arg(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(duration_arg(Duration::from_secs(30)), "30s");
     }
 }

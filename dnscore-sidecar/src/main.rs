@@ -16,11 +16,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use dnscore_sidecar::access::Access;
 use dnscore_sidecar::admin::{Admin, serve_admin};
 use dnscore_sidecar::config::{
-    Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings,
+    Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings, source_of,
 };
 use dnscore_sidecar::metrics::Metrics;
 use dnscore_sidecar::{Context, serve_with};
@@ -34,7 +34,11 @@ use tracing_subscriber::{EnvFilter, Registry, fmt, reload};
 type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 fn main() -> ExitCode {
-    let flags = Flags::parse();
+    let matches = Flags::command().get_matches();
+    let flags = match Flags::from_arg_matches(&matches) {
+        Ok(flags) => flags,
+        Err(err) => err.exit(),
+    };
     if let Some(Command::Inject(inject)) = &flags.command {
         return run_inject(inject);
     }
@@ -46,7 +50,15 @@ fn main() -> ExitCode {
         }
     };
     if flags.check_config {
-        println!("{config:#?}");
+        let file = flags
+            .config
+            .as_deref()
+            .map(Settings::file_keys)
+            .unwrap_or_default();
+        for (name, value) in config.entries() {
+            let source = source_of(&matches, &file, name);
+            println!("{name} = {value:?}  # {source}");
+        }
         return ExitCode::SUCCESS;
     }
     let log = init_logging(&config);
@@ -124,12 +136,7 @@ fn init_logging(config: &Config) -> LogHandle {
 }
 
 fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::error::Error>> {
-    let resolver = dnscore::Resolver::builder()
-        .upstreams(config.upstreams.iter().copied())
-        .cache_capacity(config.cache_capacity)
-        .upstream_sockets(config.upstream_sockets)
-        .case_randomization(config.case_randomization)
-        .build()?;
+    let resolver = config.builder()?.build()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.workers)
         .enable_all()
@@ -212,7 +219,7 @@ fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &L
     {
         tracing::error!(%err, "reload: upstreams unchanged");
     }
-    resolver.set_cache_capacity(next.cache_capacity);
+    resolver.set_cache_capacity(next.cache_capacity());
     match EnvFilter::try_new(&next.log) {
         Ok(filter) => {
             let _ = log.reload(filter);
@@ -224,7 +231,11 @@ fn reload(flags: &Flags, running: &Config, resolver: &dnscore::Resolver, log: &L
         tracing::warn!(?ignored, "reload: these settings change only on restart");
     }
     let upstreams = resolver.upstream_addrs();
-    tracing::info!(?upstreams, cache_capacity = next.cache_capacity, "reloaded");
+    tracing::info!(
+        ?upstreams,
+        cache_capacity = next.cache_capacity(),
+        "reloaded"
+    );
 }
 
 /// Binds one UDP socket per worker (SO_REUSEPORT: the kernel spreads clients over them) and

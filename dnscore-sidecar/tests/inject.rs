@@ -335,7 +335,7 @@ fn new_options_update_an_injected_manifest_in_place() {
             .args
             .as_ref()
             .unwrap()
-            .contains(&"--lameduck=30".to_owned())
+            .contains(&"--lameduck=30s".to_owned())
     );
     // The default grace period (30 s) is no longer than the lameduck: say so.
     let debug = again.objects.iter().find(|o| o.name == "debug").unwrap();

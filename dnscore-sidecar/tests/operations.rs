@@ -316,10 +316,63 @@ async fn check_config_reports_and_rejects() {
         "--allow",
         "--log-format",
         "DNSCORE_LISTEN",
-        "while /ready says 503 [default: 5]",
+        "while /ready says 503, up to 1h [default: 5s]",
+        "--max-ttl <SECONDS>",
+        "DNSCORE_NEGATIVE_MAX_TTL",
+        "--selection <POLICY>",
     ] {
         assert!(help.contains(option), "--help documents {option}");
     }
+    // The resolver's settings, by the same names as flags, variables and file keys, each
+    // shown with where it came from.
+    let dir = std::env::temp_dir().join(format!("dnscore-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dnscore.toml");
+    std::fs::write(&file, "stale-answer-timeout = \"900ms\"\nlameduck = 30\n").unwrap();
+    let shown = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+        .args(["--upstream", "10.100.0.10:53", "--max-ttl", "30s"])
+        .args(["--negative-max-ttl", "5s", "--check-config", "--config"])
+        .arg(&file)
+        .env("DNSCORE_PREFETCH", "off")
+        .output()
+        .await
+        .unwrap();
+    assert!(shown.status.success(), "{shown:?}");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    for line in [
+        "max-ttl = \"30\"  # flag",
+        "negative-max-ttl = \"5\"  # flag",
+        "prefetch = \"false\"  # environment",
+        "stale-answer-timeout = \"900ms\"  # file",
+        "lameduck = \"30s\"  # file",
+        "min-ttl = \"0\"  # default",
+        "upstream = \"10.100.0.10:53\"  # flag",
+    ] {
+        assert!(shown.lines().any(|l| l == line), "{line:?} in:\n{shown}");
+    }
+    for (flag, value) in [
+        ("--max-ttl", "1.5s"),
+        ("--timeout", "soon"),
+        ("--lameduck", "30x"),
+    ] {
+        let bad = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+            .args([
+                "--upstream",
+                "10.100.0.10:53",
+                flag,
+                value,
+                "--check-config",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(bad.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            String::from_utf8_lossy(&bad.stderr).contains(value),
+            "{flag} {value}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Bound beyond loopback, the sidecar answers only the networks it was told to (`--allow`)

@@ -352,28 +352,74 @@ fn free_port() -> u16 {
     }
 }
 
-#[tokio::test]
-async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
-    let up = TestUpstream::start().await.unwrap();
+/// The real binary on a free loopback port with `args` after its listen, upstream,
+/// metrics and lameduck flags; waits until it answers `a.test.`.
+async fn spawn_binary(up: &TestUpstream, args: &[&str]) -> (tokio::process::Child, SocketAddr) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
         .args(["--listen", &listen, "--upstream", &up.addr().to_string()])
         .args(["--metrics-listen", "127.0.0.1:0", "--lameduck", "0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let server: SocketAddr = listen.parse().unwrap();
-    let mut answered = None;
     for _ in 0..50 {
-        if let Some(m) = ask_udp(server, &query(1, "a.test.", RecordType::A, false)).await {
-            answered = Some(m);
-            break;
+        if ask_udp(server, &query(1, "a.test.", RecordType::A, false))
+            .await
+            .is_some()
+        {
+            return (child, server);
         }
     }
-    let m = answered.expect("the sidecar answers");
+    panic!("the sidecar does not answer");
+}
+
+#[tokio::test]
+async fn ttl_ceilings_from_the_command_line_hold_for_answers_and_nxdomain() {
+    let up = TestUpstream::start().await.unwrap();
+    up.add_record("long.test.", RData::A(A::new(10, 0, 0, 7)), 300);
+    let args = ["--max-ttl", "30s", "--negative-max-ttl", "5s"];
+    let (_child, server) = spawn_binary(&up, &args).await;
+    let m = ask_udp(server, &query(2, "long.test.", RecordType::A, false))
+        .await
+        .expect("answered");
+    assert_eq!(m.answers.len(), 1);
+    assert!(
+        m.answers[0].ttl <= 30,
+        "TTL {} over --max-ttl",
+        m.answers[0].ttl
+    );
+    // The zone's SOA says 60 s for negative answers; the ceiling says 5.
+    let nx = ask_udp(server, &query(3, "nowhere.test.", RecordType::A, false))
+        .await
+        .expect("answered");
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    let soa = nx
+        .authorities
+        .first()
+        .expect("an SOA in the authority section");
+    assert!(
+        soa.ttl <= 5,
+        "negative TTL {} over --negative-max-ttl",
+        soa.ttl
+    );
+    // Cached: asked again, the upstream is not.
+    let before = up.total_queries();
+    ask_udp(server, &query(4, "nowhere.test.", RecordType::A, false)).await;
+    assert_eq!(up.total_queries(), before);
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
+    let up = TestUpstream::start().await.unwrap();
+    let (mut child, server) = spawn_binary(&up, &[]).await;
+    let m = ask_udp(server, &query(1, "a.test.", RecordType::A, false))
+        .await
+        .expect("the sidecar answers");
     assert_eq!(m.answers.len(), 1);
     let pid = child.id().unwrap().to_string();
     assert!(

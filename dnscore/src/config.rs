@@ -42,6 +42,8 @@ pub const DEFAULT_HEDGE_SHARE: f64 = 0.05;
 pub const DEFAULT_RETRY_BUDGET: f64 = 0.1;
 /// Default number of sticky UDP sockets per upstream (0: a fresh socket per attempt).
 pub const DEFAULT_UPSTREAM_SOCKETS: usize = 4;
+/// Most sticky UDP sockets per upstream (each is a conntrack entry on the node).
+const MAX_UPSTREAM_SOCKETS: usize = 64;
 /// Default time a client waits for an upstream before it gets a stale answer (RFC 8767
 /// client response timer).
 pub const DEFAULT_STALE_ANSWER_TIMEOUT: Duration = Duration::from_millis(1800);
@@ -331,12 +333,9 @@ impl ResolverBuilder {
         self
     }
 
-    /// Checks the settings and builds the resolver. Queries need a tokio runtime (they
-    /// spawn tasks); building does not.
-    pub fn build(self) -> Result<Resolver, Error> {
-        if self.upstreams.is_empty() {
-            return Err(Error::NoUpstreams);
-        }
+    /// Checks the settings' values and ranges, as [`build`](Self::build) does, without
+    /// building (the upstreams may still be missing).
+    pub fn check(&self) -> Result<(), Error> {
         if self.cache_capacity == 0 {
             return Err(Error::Config("cache capacity must be at least 1"));
         }
@@ -378,6 +377,19 @@ impl ResolverBuilder {
         if self.tcp_connections == 0 {
             return Err(Error::Config("tcp_connections must be at least 1"));
         }
+        if self.upstream_sockets > MAX_UPSTREAM_SOCKETS {
+            return Err(Error::Config("upstream_sockets must be at most 64"));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and builds the resolver. Queries need a tokio runtime (they
+    /// spawn tasks); building does not.
+    pub fn build(self) -> Result<Resolver, Error> {
+        if self.upstreams.is_empty() {
+            return Err(Error::NoUpstreams);
+        }
+        self.check()?;
         let policy = TtlPolicy {
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,

@@ -146,6 +146,11 @@ impl ResolverBuilder {
         Ok(self)
     }
 
+    /// The value of the setting called `name`, written as it would be set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        setting(name).map(|s| s.value(self))
+    }
+
     /// Sets a setting written `name=value`, as the C configuration and the Go package pass
     /// them.
     pub fn set_pair(self, pair: &str) -> Result<Self, SettingError> {
