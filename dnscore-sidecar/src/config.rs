@@ -33,6 +33,8 @@ pub const DEFAULT_METRICS_LISTEN: SocketAddr =
 pub const DEFAULT_LAMEDUCK: Duration = Duration::from_secs(5);
 /// Longest `--lameduck` accepted.
 pub const MAX_LAMEDUCK: Duration = Duration::from_secs(3600);
+/// Default `--startup-wait`: the longest `/ready` waits for an upstream's first answer.
+pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(10);
 /// Default `--discover-interval`.
 pub const DEFAULT_DISCOVER_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -171,6 +173,15 @@ pub struct Settings {
     /// How long to keep answering after SIGTERM while /ready says 503, up to 1h [default: 5s].
     #[arg(long, env = "DNSCORE_LAMEDUCK")]
     pub lameduck: Option<DurationArg>,
+    /// /ready says 503 until an upstream has answered and the --warm names are cached, or
+    /// this long at most, so that a pod created while CoreDNS is down still starts [default: 10s].
+    #[arg(long, env = "DNSCORE_STARTUP_WAIT")]
+    pub startup_wait: Option<DurationArg>,
+    /// Names (A and AAAA) resolved before /ready turns 200 and kept fresh while serving,
+    /// for the few an application cannot start without (repeatable, or comma-separated).
+    #[arg(long = "warm", env = "DNSCORE_WARM", value_delimiter = ',')]
+    #[serde(default)]
+    pub warm: Vec<String>,
     /// Receive loops, one UDP socket each (SO_REUSEPORT) [default: the CPUs the container may use].
     #[arg(long, env = "DNSCORE_WORKERS")]
     pub workers: Option<usize>,
@@ -318,6 +329,9 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
     Invalid(&'static str),
+    /// A `--warm` name is not a domain name.
+    #[error("invalid configuration: --warm {0:?} is not a domain name")]
+    Warm(String),
     /// A setting of the resolver is unknown, malformed or out of range.
     #[error("invalid configuration: {0}")]
     Resolver(String),
@@ -341,6 +355,10 @@ pub struct Config {
     pub metrics_listen: SocketAddr,
     /// See [`Settings::lameduck`].
     pub lameduck: Duration,
+    /// See [`Settings::startup_wait`].
+    pub startup_wait: Duration,
+    /// See [`Settings::warm`].
+    pub warm: Vec<String>,
     /// See [`Settings::workers`].
     pub workers: usize,
     /// See [`Settings::allow`].
@@ -383,6 +401,8 @@ impl Config {
             ("discover-interval", duration(interval)),
             ("metrics-listen", self.metrics_listen.to_string()),
             ("lameduck", duration(self.lameduck)),
+            ("startup-wait", duration(self.startup_wait)),
+            ("warm", list(&self.warm)),
             ("workers", self.workers.to_string()),
             ("allow", list(&self.allow)),
             (
@@ -513,6 +533,8 @@ impl Settings {
             discover_interval: self.discover_interval.or(lower.discover_interval),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             lameduck: self.lameduck.or(lower.lameduck),
+            startup_wait: self.startup_wait.or(lower.startup_wait),
+            warm: vec(self.warm, lower.warm),
             workers: self.workers.or(lower.workers),
             allow: vec(self.allow, lower.allow),
             rate_limit: self.rate_limit.or(lower.rate_limit),
@@ -533,6 +555,14 @@ impl Settings {
         } else {
             self.upstream
         };
+        if upstreams.iter().any(|&up| forwards_to_itself(listen, up)) {
+            return Err(ConfigError::Invalid(
+                "an --upstream is the --listen address: the sidecar would forward to itself",
+            ));
+        }
+        if let Some(bad) = self.warm.iter().find(|n| !is_name(n)) {
+            return Err(ConfigError::Warm(bad.clone()));
+        }
         let lameduck = self.lameduck.map_or(DEFAULT_LAMEDUCK, |d| d.0);
         if lameduck > MAX_LAMEDUCK {
             return Err(ConfigError::Invalid("lameduck must not exceed 1h"));
@@ -554,6 +584,8 @@ impl Settings {
             resolver: self.resolver,
             metrics_listen: self.metrics_listen.unwrap_or(DEFAULT_METRICS_LISTEN),
             lameduck,
+            startup_wait: self.startup_wait.map_or(DEFAULT_STARTUP_WAIT, |d| d.0),
+            warm: self.warm,
             workers,
             allow: self.allow,
             rate_limit: self.rate_limit.filter(|&n| n > 0),
@@ -566,6 +598,29 @@ impl Settings {
             .map_err(|e| ConfigError::Resolver(e.to_string()))?;
         Ok(config)
     }
+}
+
+/// Whether `upstream` is the address the sidecar listens on (the same, or the port of a
+/// wildcard listen reached through loopback).
+fn forwards_to_itself(listen: SocketAddr, upstream: SocketAddr) -> bool {
+    listen == upstream
+        || (listen.port() == upstream.port()
+            && listen.ip().is_unspecified()
+            && upstream.ip().is_loopback())
+}
+
+/// Whether `name` is a domain name as `--warm` takes it: labels of 1 to 63 letters, digits,
+/// `-` or `_`, 253 characters at most, an optional final dot.
+fn is_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The CPUs this process may use: the cgroup v2 CPU quota (`cpu.max`) when one is set,
@@ -623,7 +678,7 @@ mod tests {
         assert_eq!(entries["prefetch"], "false");
         assert_eq!(entries["negative-max-ttl"], "3600", "a default");
         assert_eq!(entries["lameduck"], "1.5s");
-        assert_eq!(entries.len(), 12 + settings().len(), "every setting listed");
+        assert_eq!(entries.len(), 14 + settings().len(), "every setting listed");
     }
 
     #[test]
@@ -696,6 +751,40 @@ mod tests {
             ..Settings::default()
         };
         assert!(matches!(crossed.resolve(), Err(ConfigError::Resolver(_))));
+    }
+
+    #[test]
+    fn forwarding_to_itself_and_bad_warm_names_are_refused() {
+        let with = |listen: &str, upstream: &str, warm: &[&str]| Settings {
+            listen: Some(listen.parse().unwrap()),
+            upstream: vec![upstream.parse().unwrap()],
+            warm: warm.iter().map(|w| w.to_string()).collect(),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            with("127.0.0.1:53", "127.0.0.1:53", &[]).resolve(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            with("0.0.0.0:5353", "127.0.0.1:5353", &[]).resolve(),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(with("127.0.0.1:53", "127.0.0.2:53", &[]).resolve().is_ok());
+        let ok = with(
+            "127.0.0.1:53",
+            "10.0.0.10:53",
+            &["api.example.com", "db.svc."],
+        );
+        assert_eq!(ok.resolve().unwrap().warm.len(), 2);
+        for bad in ["", "a..b", "white space.com", "a/b", &"x".repeat(64)] {
+            assert!(
+                matches!(
+                    with("127.0.0.1:53", "10.0.0.10:53", &[bad]).resolve(),
+                    Err(ConfigError::Warm(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

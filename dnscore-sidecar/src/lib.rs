@@ -13,7 +13,8 @@
 //!
 //! Modules: [`udp`] and [`tcp`] (the servers), [`access`] (who may ask), [`metrics`] and
 //! [`admin`] (`/metrics`, `/health`, `/ready`), [`config`] (flags, environment, TOML file),
-//! [`resolv_conf`] (default upstreams).
+//! [`resolv_conf`] (default upstreams), [`startup`] (the first question, loop detection,
+//! warm names).
 #![deny(missing_docs)]
 
 pub mod access;
@@ -23,6 +24,7 @@ pub mod inject;
 pub mod metrics;
 pub mod ratelimit;
 pub mod resolv_conf;
+pub mod startup;
 pub mod tcp;
 pub mod udp;
 
@@ -57,6 +59,8 @@ pub struct Context {
     pub access: Arc<Access>,
     /// Queries per second per client over UDP, if limited.
     pub rate_limit: Option<u32>,
+    /// The loop probe to watch for among the misses, if any.
+    pub loop_probe: Option<Arc<startup::LoopProbe>>,
 }
 
 impl Context {
@@ -67,6 +71,7 @@ impl Context {
             metrics: Arc::default(),
             access: Arc::default(),
             rate_limit: None,
+            loop_probe: None,
         }
     }
 
@@ -99,7 +104,12 @@ impl Context {
                 counters.count(protocol, qtype, out);
                 Ok(None)
             }
-            Cached::Miss(miss) => Ok(Some(miss)),
+            Cached::Miss(miss) => {
+                if let Some(probe) = &self.loop_probe {
+                    probe.check(miss.qtype(), query);
+                }
+                Ok(Some(miss))
+            }
         }
     }
 

@@ -23,6 +23,7 @@ use dnscore_sidecar::config::{
     Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings, source_of,
 };
 use dnscore_sidecar::metrics::Metrics;
+use dnscore_sidecar::startup::{self, LoopProbe};
 use dnscore_sidecar::{Context, serve_with};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
@@ -150,17 +151,25 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
         let metrics = Arc::new(Metrics::default());
         // Bound beyond loopback, refuse ANY: no amplification for whoever can reach us.
         let access = Access::new(config.allow.clone(), !config.listen.ip().is_loopback());
+        let probe = Arc::new(LoopProbe::new());
         let ctx = Context {
             resolver: resolver.clone(),
             metrics: Arc::clone(&metrics),
             access: Arc::new(access),
             rate_limit: config.rate_limit,
+            loop_probe: Some(Arc::clone(&probe)),
         };
-        let admin = Admin::new(resolver.clone(), metrics);
+        let admin = Admin::new(resolver.clone(), metrics, config.startup_wait);
         tokio::spawn(serve_admin(admin_listener, Arc::clone(&admin)));
         if let Some((name, port, interval)) = config.discover.clone() {
             tokio::spawn(resolver.clone().follow_upstreams(name, port, interval));
         }
+        tokio::spawn(startup::run(
+            resolver.clone(),
+            Arc::clone(&admin),
+            Arc::clone(&probe),
+            config.warm.clone(),
+        ));
         tracing::info!(
             listen = %config.listen,
             metrics = %config.metrics_listen,
@@ -168,8 +177,25 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
             workers = config.workers,
             "serving"
         );
-        let lifecycle = lifecycle(&flags, &config, &resolver, &admin, &log);
+        let looped = std::sync::atomic::AtomicBool::new(false);
+        let lifecycle = async {
+            tokio::select! {
+                () = lifecycle(&flags, &config, &resolver, &admin, &log) => {}
+                () = probe.came_back() => looped.store(true, Ordering::Release),
+            }
+        };
         serve_with(udp, tcp, ctx, lifecycle).await;
+        if looped.load(Ordering::Acquire) {
+            return Err(format!(
+                "forwarding loop: a question for *.{} sent to the upstreams {:?} came back \
+                 to {}; the upstreams forward to this sidecar (point --upstream at the \
+                 cluster DNS, not at a resolver that uses this sidecar)",
+                probe.suffix(),
+                config.upstreams,
+                config.listen
+            )
+            .into());
+        }
         Ok::<(), Box<dyn std::error::Error>>(())
     })?;
     tracing::info!("stopped");

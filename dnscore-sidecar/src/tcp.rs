@@ -34,7 +34,9 @@ pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Context, in_flight: In
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
-                tracing::debug!(%err, "TCP accept failed");
+                // Out of file descriptors (EMFILE), say: wait instead of spinning.
+                tracing::warn!(%err, "TCP accept failed; retrying in 100 ms");
+                tokio::time::sleep(crate::admin::ACCEPT_BACKOFF).await;
                 continue;
             }
         };

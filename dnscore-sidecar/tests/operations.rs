@@ -90,6 +90,18 @@ impl Sidecar {
         panic!("the sidecar did not come up");
     }
 
+    /// Polls `/ready` until it says 200, for at most `limit`.
+    async fn ready_within(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if http_get(self.admin, "/ready").await.map(|r| r.0) == Some(200) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     fn signal(&self, name: &str) {
         let pid = self.child.id().unwrap().to_string();
         let ok = std::process::Command::new("kill")
@@ -113,6 +125,8 @@ fn metric(text: &str, line_start: &str) -> f64 {
 async fn metrics_move_with_traffic() {
     let up = TestUpstream::start().await.unwrap();
     let s = Sidecar::start(&["--upstream", &up.addr().to_string(), "--workers", "2"]).await;
+    // Ready once the startup question (the loop probe) is answered: at once here.
+    assert!(s.ready_within(Duration::from_secs(5)).await, "ready");
     let (status, ready) = http_get(s.admin, "/ready").await.unwrap();
     assert_eq!((status, ready.as_str()), (200, "ready\n"));
     for i in 0..20 {
@@ -137,7 +151,8 @@ async fn metrics_move_with_traffic() {
         1.0
     );
     assert_eq!(metric(&text, "dnscore_cache_hits_total"), 19.0);
-    assert_eq!(metric(&text, "dnscore_cache_misses_total"), 2.0);
+    // Two misses of the clients, and the sidecar's own startup question.
+    assert_eq!(metric(&text, "dnscore_cache_misses_total"), 3.0);
     let upstream = up.addr().to_string();
     assert_eq!(
         metric(
@@ -151,7 +166,7 @@ async fn metrics_move_with_traffic() {
             &text,
             &format!("dnscore_upstream_rtt_seconds_count{{upstream=\"{upstream}\"}}")
         ),
-        2.0
+        3.0
     );
     assert_eq!(http_get(s.admin, "/nope").await.unwrap().0, 404);
 
@@ -185,11 +200,153 @@ async fn metrics_move_with_traffic() {
     assert_eq!(gauge().await, 0.0);
 }
 
+/// `/ready` at start: 503 until an upstream answers or `--startup-wait` passes, and then
+/// 200 for good, whatever the upstreams do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_a_first_answer_or_the_startup_wait_then_holds() {
+    // Only a dead upstream (a port nothing answers on): 503 until the startup wait, 200 after.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let s = Sidecar::start(&["--upstream", &dead_addr, "--startup-wait", "2s"]).await;
+    let mut last_503 = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        match http_get(s.admin, "/ready").await.map(|r| r.0) {
+            Some(503) => last_503 = Some(started.elapsed()),
+            Some(200) => break,
+            other => panic!("/ready: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_503 = last_503.expect("503 before the startup wait");
+    assert!(
+        last_503 >= Duration::from_millis(1500),
+        "503 until ~2 s: {last_503:?}"
+    );
+    assert_eq!(
+        http_get(s.admin, "/ready").await.unwrap().0,
+        200,
+        "200 after it"
+    );
+    drop(dead);
+
+    // A live one: 200 after its first answer, long before the startup wait (10 s default).
+    let up = TestUpstream::start().await.unwrap();
+    let started = Instant::now();
+    let live = Sidecar::start(&["--upstream", &up.addr().to_string()]).await;
+    assert!(live.ready_within(Duration::from_secs(5)).await);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        up.total_queries() >= 1,
+        "the startup question reached the upstream"
+    );
+
+    // Every upstream refuses (its port closed): still ready, for a minute (the sidecar
+    // serves from its cache; its readiness counts for the pod). DNSCORE_QUICK shortens it.
+    up.stop();
+    let hold = if std::env::var_os("DNSCORE_QUICK").is_some() {
+        5
+    } else {
+        60
+    };
+    let until = Instant::now() + Duration::from_secs(hold);
+    let mut polls = 0;
+    while Instant::now() < until {
+        assert_eq!(
+            http_get(live.admin, "/ready").await.unwrap().0,
+            200,
+            "after {polls} polls"
+        );
+        // Queries go on and fail: the upstream is known down, /ready does not follow it.
+        let _ = ask(live.dns, polls, &format!("gone-{polls}.test.")).await;
+        polls += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_, text) = http_get(live.admin, "/metrics").await.unwrap();
+    let upstream = up.addr().to_string();
+    assert_eq!(
+        metric(
+            &text,
+            &format!("dnscore_upstream_healthy{{upstream=\"{upstream}\"}}")
+        ),
+        0.0,
+        "the upstream is marked down meanwhile"
+    );
+}
+
+/// Warm names are resolved before `/ready` says 200, and stay in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_names_are_cached_before_ready() {
+    let up = TestUpstream::start().await.unwrap();
+    // b.test answers after 700 ms: /ready waits for it.
+    up.set_behavior("b.test.", Behavior::Delay(Duration::from_millis(700)));
+    let started = Instant::now();
+    let s = Sidecar::start(&[
+        "--upstream",
+        &up.addr().to_string(),
+        "--warm",
+        "a.test,b.test",
+    ])
+    .await;
+    assert!(s.ready_within(Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(700),
+        "ready only once b.test is cached"
+    );
+    let before = up.total_queries();
+    assert_eq!(ask(s.dns, 1, "a.test.").await, Some(ResponseCode::NoError));
+    assert_eq!(ask(s.dns, 2, "b.test.").await, Some(ResponseCode::NoError));
+    assert_eq!(up.total_queries(), before, "both answered from the cache");
+}
+
+/// A sidecar whose upstream forwards back to it (here: another sidecar forwarding to the
+/// first) sees its own startup question come back and exits with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarding_loop_is_detected_at_start() {
+    let (a_port, b_port) = (free_port(), free_port());
+    let a = format!("127.0.0.1:{a_port}");
+    let b = format!("127.0.0.1:{b_port}");
+    let spawn = |listen: &str, upstream: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+            .args(["--listen", listen, "--upstream", upstream])
+            .args(["--metrics-listen", "127.0.0.1:0", "--lameduck", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // Whichever sees its question come back first exits; the other then only meets a
+    // closed port (and keeps trying), so one exit is what a loop shows.
+    let (mut first, mut second) = (spawn(&a, &b), spawn(&b, &a));
+    let exited = tokio::time::timeout(Duration::from_secs(15), async {
+        tokio::select! {
+            status = first.wait() => (status, first),
+            status = second.wait() => (status, second),
+        }
+    })
+    .await
+    .expect("one of them exits");
+    let (status, child) = exited;
+    assert!(!status.unwrap().success());
+    let mut err = String::new();
+    child
+        .stderr
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert!(
+        err.contains("forwarding loop") && err.contains("dnscore-loop.invalid"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_turns_ready_off_and_answers_through_the_lameduck() {
     let up = TestUpstream::start().await.unwrap();
     let mut s = Sidecar::start(&["--upstream", &up.addr().to_string(), "--lameduck", "1.5"]).await;
-    assert_eq!(http_get(s.admin, "/ready").await.unwrap().0, 200);
+    assert!(s.ready_within(Duration::from_secs(5)).await);
     let term = Instant::now();
     s.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
