@@ -173,6 +173,9 @@ pub async fn serve_with(
     shutdown.await;
     tracing::info!("stopped reading; finishing the queries in flight");
     stop.store(true, Ordering::Release);
+    for receiver in &receivers {
+        receiver.wake();
+    }
     tcp.abort();
     while receivers.iter().any(|t| !t.is_finished()) {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -15,7 +15,6 @@ use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage};
@@ -29,8 +28,26 @@ pub const BATCH: usize = 32;
 /// Largest query read over UDP. A DNS query is a few hundred bytes at most (one name, one
 /// OPT record); a longer datagram is cut here and dropped.
 pub const MAX_QUERY: usize = 4096;
-/// How often a blocked receive thread looks at the stop flag.
-const RECEIVE_POLL: Duration = Duration::from_millis(100);
+/// A receive thread and its socket.
+pub(crate) struct ReceiveThread {
+    thread: std::thread::JoinHandle<()>,
+    socket: Arc<std::net::UdpSocket>,
+}
+
+impl ReceiveThread {
+    /// Wakes the thread from its blocking receive, after the stop flag is set: a read
+    /// shutdown makes a blocked `recvmmsg` return, also on an unconnected UDP socket
+    /// (Linux wakes its waiters whatever `shutdown` returns, ENOTCONN here). So an idle
+    /// sidecar never wakes up to look at a flag.
+    pub(crate) fn wake(&self) {
+        let _ = rustix::net::shutdown(&*self.socket, rustix::net::Shutdown::Read);
+    }
+
+    /// Whether the thread has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
 
 /// Starts the receive thread of one UDP socket (see the module documentation).
 pub(crate) fn spawn_receiver(
@@ -38,15 +55,16 @@ pub(crate) fn spawn_receiver(
     ctx: &Context,
     in_flight: &InFlight,
     stop: &Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    let socket = socket.into_std()?;
+) -> std::io::Result<ReceiveThread> {
+    let socket = Arc::new(socket.into_std()?);
     socket.set_nonblocking(false)?;
-    socket.set_read_timeout(Some(RECEIVE_POLL))?;
     let runtime = tokio::runtime::Handle::current();
     let (ctx, in_flight, stop) = (ctx.clone(), in_flight.clone(), Arc::clone(stop));
-    std::thread::Builder::new()
+    let shared = Arc::clone(&socket);
+    let thread = std::thread::Builder::new()
         .name("dnscore-udp".into())
-        .spawn(move || Receiver::new(Arc::new(socket), ctx, in_flight, runtime).run(&stop))
+        .spawn(move || Receiver::new(shared, ctx, in_flight, runtime).run(&stop))?;
+    Ok(ReceiveThread { thread, socket })
 }
 
 /// One receive thread's state: the socket, the batch buffers and what answers need.
@@ -98,7 +116,7 @@ impl Receiver {
         while !stop.load(Ordering::Acquire) {
             match self.receive() {
                 Ok(()) => {}
-                // The poll timeout, or a signal.
+                // A signal.
                 Err(Errno::EAGAIN | Errno::EINTR) => continue,
                 Err(err) => {
                     tracing::debug!(%err, "UDP receive error");

@@ -274,6 +274,36 @@ async fn ready_waits_for_a_first_answer_or_the_startup_wait_then_holds() {
     );
 }
 
+/// Idle, the sidecar sleeps: no thread wakes up to poll anything (one runs in every pod).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sidecar_does_not_wake_up() {
+    let up = TestUpstream::start().await.unwrap();
+    let s = Sidecar::start(&["--upstream", &up.addr().to_string(), "--workers", "2"]).await;
+    assert!(s.ready_within(Duration::from_secs(5)).await);
+    assert_eq!(ask(s.dns, 1, "a.test.").await, Some(ResponseCode::NoError));
+    // Context switches of all its threads: each wake-up from a blocking call is one.
+    let switches = || {
+        let pid = s.child.id().unwrap();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks
+            .map(|t| std::fs::read_to_string(t.unwrap().path().join("status")).unwrap())
+            .flat_map(|status| {
+                status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum::<u64>()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = switches();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let woken = switches() - before;
+    // Polling the stop flag every 100 ms, as the receive threads did, was ~60 here.
+    assert!(woken <= 3, "{woken} wake-ups in 3 s of idleness");
+}
+
 /// Warm names are resolved before `/ready` says 200, and stay in the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_names_are_cached_before_ready() {
