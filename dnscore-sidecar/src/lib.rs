@@ -129,11 +129,13 @@ impl Context {
     {
         let (resolver, counters) = (self.resolver.clone(), Arc::clone(counters));
         let waiting = Waiting::new(&self.metrics);
+        let arrived = std::time::Instant::now();
         runtime.spawn(async move {
             let qtype = miss.qtype();
             let mut out = Vec::new();
             resolver.resolve_miss(miss, &mut out).await;
             counters.count(protocol, Some(qtype), &out);
+            counters.observe(arrived.elapsed(), 1);
             reply(out).await;
             drop((waiting, hold));
         });

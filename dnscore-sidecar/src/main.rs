@@ -148,7 +148,7 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
         let admin_listener = TcpListener::bind(config.metrics_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.metrics_listen))?;
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::for_server(config.listen));
         // Bound beyond loopback, refuse ANY: no amplification for whoever can reach us.
         let access = Access::new(config.allow.clone(), !config.listen.ip().is_loopback());
         let probe = Arc::new(LoopProbe::new());

@@ -50,17 +50,45 @@ pub enum Protocol {
     Tcp = 1,
 }
 
-/// Query counters by protocol, type and response code; one per worker.
+/// Upper bounds of the client request duration buckets, in seconds: CoreDNS's
+/// (`coredns_dns_request_duration_seconds`), so that the same quantile queries work.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
+];
+
+/// Query counters by protocol, type and response code, and client request durations; one
+/// per worker.
 #[derive(Debug)]
 pub struct QueryCounters {
     cells: [AtomicU64; CELLS],
+    /// Queries per duration bucket (not cumulative; the last is +Inf).
+    durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    duration_sum_nanos: AtomicU64,
 }
 
 impl QueryCounters {
     fn new() -> Self {
         Self {
             cells: std::array::from_fn(|_| AtomicU64::new(0)),
+            durations: std::array::from_fn(|_| AtomicU64::new(0)),
+            duration_sum_nanos: AtomicU64::new(0),
         }
+    }
+
+    /// Records that `queries` queries took `took` each, from their arrival to their answer
+    /// (the UDP hits of a batch share the batch's time).
+    #[inline]
+    pub fn observe(&self, took: std::time::Duration, queries: u64) {
+        let secs = took.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.durations[bucket].fetch_add(queries, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.duration_sum_nanos
+            .fetch_add(nanos.saturating_mul(queries), Ordering::Relaxed);
     }
 
     /// Counts one answered query of type `qtype` (when it could be read).
@@ -89,6 +117,8 @@ pub struct Metrics {
     pub rate_limited: AtomicU64,
     /// Client queries waiting for an upstream (cache misses being resolved).
     pub in_flight: AtomicI64,
+    /// The `server` label of the CoreDNS families: `dns://` and the listen address.
+    pub server: String,
 }
 
 impl Default for Metrics {
@@ -99,6 +129,7 @@ impl Default for Metrics {
             refused_clients: AtomicU64::new(0),
             rate_limited: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
+            server: "dns://:53".to_string(),
         }
     }
 }
@@ -120,6 +151,14 @@ impl Drop for Waiting {
 }
 
 impl Metrics {
+    /// Fresh metrics of the server listening on `listen` (CoreDNS's `server` label).
+    pub fn for_server(listen: std::net::SocketAddr) -> Self {
+        Self {
+            server: format!("dns://{listen}"),
+            ..Self::default()
+        }
+    }
+
     /// A new counter set for one worker.
     pub fn worker(&self) -> Arc<QueryCounters> {
         let counters = Arc::new(QueryCounters::new());
@@ -130,8 +169,11 @@ impl Metrics {
         counters
     }
 
-    fn query_totals(&self) -> Vec<u64> {
+    /// The workers' counters summed: query cells, duration buckets, duration sum (ns).
+    fn query_totals(&self) -> (Vec<u64>, Vec<u64>, u64) {
         let mut totals = vec![0u64; CELLS];
+        let mut durations = vec![0u64; DURATION_BUCKETS.len() + 1];
+        let mut sum = 0u64;
         for counters in self
             .query_counters
             .lock()
@@ -141,14 +183,18 @@ impl Metrics {
             for (t, c) in totals.iter_mut().zip(counters.cells.iter()) {
                 *t += c.load(Ordering::Relaxed);
             }
+            for (t, c) in durations.iter_mut().zip(counters.durations.iter()) {
+                *t += c.load(Ordering::Relaxed);
+            }
+            sum = sum.saturating_add(counters.duration_sum_nanos.load(Ordering::Relaxed));
         }
-        totals
+        (totals, durations, sum)
     }
 }
 
 /// Renders all metrics in the Prometheus text format.
 pub fn render(metrics: &Arc<Metrics>, resolver: &Resolver) -> String {
-    let mut registry = Registry::with_prefix("dnscore");
+    let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot {
         metrics: Arc::clone(metrics),
         resolver: resolver.clone(),
@@ -183,196 +229,422 @@ fn gauge(encoder: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) ->
     ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)
 }
 
+/// A counter or gauge family with one series per label set.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    series: impl IntoIterator<Item = (Vec<(&'a str, String)>, u64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in series {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let series = family.encode_family(&labels)?;
+        match kind {
+            MetricType::Gauge => ConstGauge::new(value as i64).encode(series)?,
+            _ => ConstCounter::new(value).encode(series)?,
+        }
+    }
+    Ok(())
+}
+
+/// A histogram family: per label set, (upper bound, count in that bucket, not cumulative)
+/// with +Inf last, and the sum.
+fn histogram<'a>(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Vec<(&'a str, String)>, Vec<(f64, u64)>, f64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, buckets, sum) in series {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let count = buckets.iter().map(|b| b.1).sum();
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                sum, count, &buckets, None,
+            )?;
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let totals = self.metrics.query_totals();
-        {
-            let mut family = encoder.encode_descriptor(
-                "queries",
-                "Queries answered, by protocol, query type and response code",
-                None,
+        let stats = self.resolver.stats();
+        self.encode_coredns(&mut encoder, &stats)?;
+        self.encode_queries(&mut encoder)?;
+        self.encode_server(&mut encoder)?;
+        encode_resolver(&mut encoder, &stats)?;
+        encode_upstreams(&mut encoder, &stats)
+    }
+}
+
+/// CoreDNS's response code names, by code.
+fn rcode_name(code: usize) -> String {
+    const NAMES: [&str; 11] = [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+        "NXRRSET", "NOTAUTH", "NOTZONE",
+    ];
+    NAMES
+        .get(code)
+        .map_or_else(|| format!("RCODE{code}"), |n| (*n).to_string())
+}
+
+impl Snapshot {
+    /// The families CoreDNS's `prometheus`, `cache` and `forward` plugins export, with
+    /// their names, types and labels, so that CoreDNS dashboards and alerts work unchanged.
+    /// `server` is `dns://LISTEN`, `zone` and `zones` are `.` (one server block for the root),
+    /// `view` is empty. Labels CoreDNS has but dnscore does not track are left out rather
+    /// than made up (`family` of requests, `type` of cache entries and hits, `rcode` of the
+    /// forward duration): queries that sum over them work the same.
+    fn encode_coredns(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        s: &dnscore::Stats,
+    ) -> std::fmt::Result {
+        let server = self.metrics.server.clone();
+        let base = || {
+            vec![
+                ("server", server.clone()),
+                ("zone", ".".to_string()),
+                ("view", String::new()),
+            ]
+        };
+        let cache_labels = || {
+            vec![
+                ("server", server.clone()),
+                ("zones", ".".to_string()),
+                ("view", String::new()),
+            ]
+        };
+        let (totals, durations, duration_sum) = self.metrics.query_totals();
+        let mut by_type: Vec<(Vec<(&str, String)>, u64)> = Vec::new();
+        let mut by_rcode = [0u64; RCODES.len() + 1];
+        for (p, proto) in PROTOCOLS.iter().enumerate() {
+            for t in 0..=QTYPES.len() {
+                let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+                let mut sum = 0;
+                for (r, count) in by_rcode.iter_mut().enumerate() {
+                    let cell = totals[(p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r];
+                    sum += cell;
+                    *count += cell;
+                }
+                if sum > 0 {
+                    let mut labels = base();
+                    labels.push(("proto", (*proto).to_string()));
+                    labels.push(("type", qtype.to_string()));
+                    by_type.push((labels, sum));
+                }
+            }
+        }
+        family(
+            encoder,
+            "coredns_dns_requests",
+            "Client queries answered, by protocol and query type",
+            MetricType::Counter,
+            by_type,
+        )?;
+        family(
+            encoder,
+            "coredns_dns_responses",
+            "Responses sent to clients, by response code",
+            MetricType::Counter,
+            by_rcode
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(r, &n)| {
+                    let mut labels = base();
+                    let rcode = RCODES.get(r).copied().unwrap_or("other").to_string();
+                    labels.push(("rcode", rcode));
+                    labels.push(("plugin", String::new()));
+                    (labels, n)
+                }),
+        )?;
+        let mut buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+            .iter()
+            .copied()
+            .zip(durations.iter().copied())
+            .collect();
+        buckets.push((f64::INFINITY, durations[DURATION_BUCKETS.len()]));
+        histogram(
+            encoder,
+            "coredns_dns_request_duration_seconds",
+            "Time from a client query's arrival to its answer (cache hits of a UDP batch share the batch's time)",
+            [(base(), buckets, duration_sum as f64 / 1e9)],
+        )?;
+        family(
+            encoder,
+            "coredns_cache_entries",
+            "Answers in the cache (positive and negative)",
+            MetricType::Gauge,
+            [(cache_labels(), s.cache_entries as u64)],
+        )?;
+        let cache_counters = [
+            (
+                "coredns_cache_hits",
+                "Client queries answered from a fresh cache entry",
+                s.cache_hits,
+            ),
+            (
+                "coredns_cache_misses",
+                "Client queries the cache had no fresh entry for",
+                s.cache_misses,
+            ),
+            (
+                "coredns_cache_served_stale",
+                "Answers served stale (RFC 8767) while the upstreams failed or were slow",
+                s.stale_answers,
+            ),
+            (
+                "coredns_cache_prefetch",
+                "Background refreshes of entries asked for in the last tenth of their TTL",
+                s.prefetches,
+            ),
+        ];
+        for (name, help, value) in cache_counters {
+            family(
+                encoder,
+                name,
+                help,
                 MetricType::Counter,
+                [(cache_labels(), value)],
             )?;
-            for (p, proto) in PROTOCOLS.iter().enumerate() {
-                for t in 0..=QTYPES.len() {
-                    let qtype = QTYPES.get(t).map_or("other", |q| q.1);
-                    for r in 0..=RCODES.len() {
-                        let cell = (p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r;
-                        if totals[cell] == 0 {
-                            continue;
-                        }
+        }
+        let to = |u: &dnscore::UpstreamStats| vec![("to", u.addr.to_string())];
+        family(
+            encoder,
+            "coredns_forward_requests",
+            "Attempts sent to each upstream (a UDP attempt and its TCP follow-up count once)",
+            MetricType::Counter,
+            s.upstreams.iter().map(|u| (to(u), u.attempts)),
+        )?;
+        family(
+            encoder,
+            "coredns_forward_responses",
+            "Answers received from each upstream, by response code",
+            MetricType::Counter,
+            s.upstreams.iter().flat_map(|u| {
+                u.responses_by_rcode
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(move |(r, &n)| {
+                        let mut labels = to(u);
+                        labels.push(("rcode", rcode_name(r)));
+                        (labels, n)
+                    })
+            }),
+        )?;
+        histogram(
+            encoder,
+            "coredns_forward_request_duration_seconds",
+            "Round-trip time of each upstream's answers",
+            s.upstreams
+                .iter()
+                .map(|u| (to(u), u.rtt_histogram.clone(), u.rtt_sum.as_secs_f64())),
+        )?;
+        family(
+            encoder,
+            "coredns_forward_healthcheck_failures",
+            "Health probes (. IN NS, sent while an upstream fails) unanswered within the attempt timeout",
+            MetricType::Counter,
+            s.upstreams.iter().map(|u| (to(u), u.probe_failures)),
+        )
+    }
+
+    /// `dnscore_queries_total`: client queries by protocol, type and response code.
+    fn encode_queries(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let (totals, _, _) = self.metrics.query_totals();
+        let mut series = Vec::new();
+        for (p, proto) in PROTOCOLS.iter().enumerate() {
+            for t in 0..=QTYPES.len() {
+                let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+                for r in 0..=RCODES.len() {
+                    let cell = (p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r;
+                    if totals[cell] > 0 {
                         let rcode = RCODES.get(r).copied().unwrap_or("other");
-                        let labels = [("proto", *proto), ("type", qtype), ("rcode", rcode)];
-                        ConstCounter::new(totals[cell]).encode(family.encode_family(&labels)?)?;
+                        let labels = vec![
+                            ("proto", (*proto).to_string()),
+                            ("type", qtype.to_string()),
+                            ("rcode", rcode.to_string()),
+                        ];
+                        series.push((labels, totals[cell]));
                     }
                 }
             }
         }
+        family(
+            encoder,
+            "dnscore_queries",
+            "Client queries answered, by protocol, query type and response code",
+            MetricType::Counter,
+            series,
+        )
+    }
+
+    /// The server's own gauges and drop counters.
+    fn encode_server(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let m = &self.metrics;
         gauge(
-            &mut encoder,
-            "tcp_connections",
+            encoder,
+            "dnscore_tcp_connections",
             "Open client TCP connections",
             m.tcp_connections.load(Ordering::Relaxed),
         )?;
         gauge(
-            &mut encoder,
-            "in_flight",
+            encoder,
+            "dnscore_in_flight",
             "Client queries waiting for an upstream",
             m.in_flight.load(Ordering::Relaxed),
         )?;
         counter(
-            &mut encoder,
-            "refused_clients",
+            encoder,
+            "dnscore_refused_clients",
             "Packets dropped from clients not allowed",
             m.refused_clients.load(Ordering::Relaxed),
         )?;
         counter(
-            &mut encoder,
-            "rate_limited",
+            encoder,
+            "dnscore_rate_limited",
             "Packets dropped from clients over their rate limit",
             m.rate_limited.load(Ordering::Relaxed),
-        )?;
+        )
+    }
+}
 
-        let s = self.resolver.stats();
-        counter(
-            &mut encoder,
-            "cache_hits",
-            "Queries answered from a fresh cache entry",
+/// The resolver's own counters that CoreDNS has no family for (and the cache's, kept under
+/// their dnscore names too).
+fn encode_resolver(encoder: &mut DescriptorEncoder<'_>, s: &dnscore::Stats) -> std::fmt::Result {
+    let counters = [
+        (
+            "dnscore_cache_hits",
+            "Client queries answered from a fresh cache entry",
             s.cache_hits,
-        )?;
-        counter(
-            &mut encoder,
-            "cache_misses",
-            "Queries that went upstream",
+        ),
+        (
+            "dnscore_cache_misses",
+            "Client queries the cache had no fresh entry for (some then joined a query in flight, or were refused as overload)",
             s.cache_misses,
-        )?;
-        counter(
-            &mut encoder,
-            "cache_stale_answers",
+        ),
+        (
+            "dnscore_cache_stale_answers",
             "Answers served stale (RFC 8767)",
             s.stale_answers,
-        )?;
-        counter(
-            &mut encoder,
-            "cache_prefetches",
+        ),
+        (
+            "dnscore_cache_prefetches",
             "Background refreshes near the end of a TTL",
             s.prefetches,
-        )?;
-        gauge(
-            &mut encoder,
-            "cache_entries",
-            "Entries in the cache",
-            s.cache_entries as i64,
-        )?;
-        counter(
-            &mut encoder,
-            "dedup_joins",
-            "Queries that joined an identical upstream query in flight",
+        ),
+        (
+            "dnscore_dedup_joins",
+            "Client queries that joined an identical upstream query in flight",
             s.dedup_joins,
-        )?;
-        counter(
-            &mut encoder,
-            "overloaded",
-            "Queries refused at once because too much was in flight",
+        ),
+        (
+            "dnscore_overloaded",
+            "Client queries refused at once because too much was in flight",
             s.overloaded,
-        )?;
-        counter(
-            &mut encoder,
-            "failures",
-            "Queries answered SERVFAIL because no upstream answered",
+        ),
+        (
+            "dnscore_failures",
+            "Client queries answered SERVFAIL because no upstream answered",
             s.failures,
-        )?;
-        gauge(
-            &mut encoder,
-            "upstream_queries_in_flight",
-            "Distinct upstream queries in flight",
-            s.in_flight as i64,
-        )?;
-        counter(
-            &mut encoder,
-            "upstream_retries_refused",
+        ),
+        (
+            "dnscore_upstream_retries_refused",
             "Speculative upstream sends (hedges, re-sends after a timeout) the retry budget refused",
             s.retries_refused,
-        )?;
-
-        let families: [(&str, &str, UpstreamCounter); 7] = [
-            ("upstream_attempts", "Attempts sent to the upstream", |u| {
-                u.attempts
-            }),
-            (
-                "upstream_failures",
-                "Transport failures of the upstream",
-                |u| u.failures,
-            ),
-            (
-                "upstream_timeouts",
-                "Attempts unanswered at the timeout ceiling",
-                |u| u.timeouts,
-            ),
-            (
-                "upstream_error_rcodes",
-                "Answers with a failure code",
-                |u| u.error_rcodes,
-            ),
-            (
-                "upstream_redrives",
-                "Times its outstanding queries were re-driven",
-                |u| u.redrives,
-            ),
-            (
-                "upstream_sockets_opened",
-                "UDP sockets opened to the upstream (a conntrack entry each)",
-                |u| u.sockets_opened,
-            ),
-            (
-                "upstream_suspicious_datagrams",
-                "Datagrams from the upstream that answered nothing outstanding (forged, late, mismatched)",
-                |u| u.suspicious_datagrams,
-            ),
-        ];
-        for (name, help, value) in families {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for u in &s.upstreams {
-                let addr = u.addr.to_string();
-                let labels = [("upstream", addr.as_str())];
-                ConstCounter::new(value(u)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "upstream_healthy",
-                "1 while the upstream is up, 0 while it is marked down",
-                None,
-                MetricType::Gauge,
-            )?;
-            for u in &s.upstreams {
-                let addr = u.addr.to_string();
-                let labels = [("upstream", addr.as_str())];
-                ConstGauge::new(i64::from(u.healthy)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        {
-            let mut family = encoder.encode_descriptor(
-                "upstream_rtt_seconds",
-                "Round-trip time of the upstream's answers",
-                None,
-                MetricType::Histogram,
-            )?;
-            for u in &s.upstreams {
-                let addr = u.addr.to_string();
-                let labels = [("upstream", addr.as_str())];
-                let count = u.rtt_histogram.iter().map(|b| b.1).sum();
-                family
-                    .encode_family(&labels)?
-                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        u.rtt_sum.as_secs_f64(),
-                        count,
-                        &u.rtt_histogram,
-                        None,
-                    )?;
-            }
-        }
-        Ok(())
+        ),
+    ];
+    for (name, help, value) in counters {
+        counter(encoder, name, help, value)?;
     }
+    gauge(
+        encoder,
+        "dnscore_cache_entries",
+        "Entries in the cache",
+        s.cache_entries as i64,
+    )?;
+    gauge(
+        encoder,
+        "dnscore_upstream_queries_in_flight",
+        "Distinct upstream queries in flight",
+        s.in_flight as i64,
+    )
+}
+
+/// Per upstream: dnscore's counters, health and RTT histogram.
+fn encode_upstreams(encoder: &mut DescriptorEncoder<'_>, s: &dnscore::Stats) -> std::fmt::Result {
+    let families: [(&str, &str, UpstreamCounter); 7] = [
+        (
+            "dnscore_upstream_attempts",
+            "Attempts sent to the upstream (UDP, with any TCP follow-up, counts once)",
+            |u| u.attempts,
+        ),
+        (
+            "dnscore_upstream_failures",
+            "Transport failures of the upstream: refused port, reset, attempts past their timeout",
+            |u| u.failures,
+        ),
+        (
+            "dnscore_upstream_timeouts",
+            "Attempts unanswered when their adaptive timeout passed (a late answer may still come)",
+            |u| u.timeouts,
+        ),
+        (
+            "dnscore_upstream_error_rcodes",
+            "Answers with a failure code (SERVFAIL, REFUSED, ...)",
+            |u| u.error_rcodes,
+        ),
+        (
+            "dnscore_upstream_redrives",
+            "Times its outstanding queries were re-driven",
+            |u| u.redrives,
+        ),
+        (
+            "dnscore_upstream_sockets_opened",
+            "UDP sockets opened to the upstream (a conntrack entry each)",
+            |u| u.sockets_opened,
+        ),
+        (
+            "dnscore_upstream_suspicious_datagrams",
+            "Datagrams from the upstream that answered nothing outstanding (forged, late, mismatched)",
+            |u| u.suspicious_datagrams,
+        ),
+    ];
+    let upstream = |u: &dnscore::UpstreamStats| vec![("upstream", u.addr.to_string())];
+    for (name, help, value) in families {
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            s.upstreams.iter().map(|u| (upstream(u), value(u))),
+        )?;
+    }
+    family(
+        encoder,
+        "dnscore_upstream_healthy",
+        "1 while the upstream is up, 0 while it is marked down",
+        MetricType::Gauge,
+        s.upstreams
+            .iter()
+            .map(|u| (upstream(u), u64::from(u.healthy))),
+    )?;
+    histogram(
+        encoder,
+        "dnscore_upstream_rtt_seconds",
+        "Round-trip time of the upstream's answers",
+        s.upstreams.iter().map(|u| {
+            (
+                upstream(u),
+                u.rtt_histogram.clone(),
+                u.rtt_sum.as_secs_f64(),
+            )
+        }),
+    )
 }

@@ -108,8 +108,10 @@ where
             break;
         }
         let mut out = Vec::new();
+        let arrived = std::time::Instant::now();
         match ctx.answer_now(&buf, Protocol::Tcp, &counters, &mut out) {
             Ok(None) => {
+                counters.observe(arrived.elapsed(), 1);
                 if tx.send(out).await.is_err() {
                     break;
                 }

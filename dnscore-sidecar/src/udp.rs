@@ -123,6 +123,7 @@ impl Receiver {
                     continue;
                 }
             }
+            let batch = std::time::Instant::now();
             for i in 0..self.received.len() {
                 let (len, peer, cut) = self.received[i];
                 let Some(peer) = peer else { continue };
@@ -133,7 +134,11 @@ impl Receiver {
                 let start = i * MAX_QUERY;
                 self.answer(start..start + len, peer);
             }
+            let hits = self.peers.len() as u64;
             self.send_answers();
+            if hits > 0 {
+                self.counters.observe(batch.elapsed(), hits);
+            }
         }
     }
 

@@ -113,6 +113,23 @@ impl Sidecar {
     }
 }
 
+/// Every PromQL expression of a Grafana dashboard: its targets' `expr` and its variables'
+/// `definition`.
+fn collect_queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", serde_json::Value::String(q)) => out.push(q.clone()),
+                    _ => collect_queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_queries(v, out)),
+        _ => {}
+    }
+}
+
 fn metric(text: &str, line_start: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(line_start))
@@ -169,6 +186,85 @@ async fn metrics_move_with_traffic() {
         3.0
     );
     assert_eq!(http_get(s.admin, "/nope").await.unwrap().0, 404);
+
+    // CoreDNS's families, under CoreDNS's names and labels, moved by the traffic above.
+    let server = format!("server=\"dns://{}\",zone=\".\",view=\"\"", s.dns);
+    let cache = format!("server=\"dns://{}\",zones=\".\",view=\"\"", s.dns);
+    let to = format!("to=\"{upstream}\"");
+    for (series, at_least) in [
+        (
+            format!("coredns_dns_requests_total{{{server},proto=\"udp\",type=\"A\"}}"),
+            21.0,
+        ),
+        (
+            format!("coredns_dns_responses_total{{{server},rcode=\"NOERROR\",plugin=\"\"}}"),
+            20.0,
+        ),
+        (
+            format!("coredns_dns_responses_total{{{server},rcode=\"NXDOMAIN\",plugin=\"\"}}"),
+            1.0,
+        ),
+        (
+            format!("coredns_dns_request_duration_seconds_count{{{server}}}"),
+            21.0,
+        ),
+        (format!("coredns_cache_entries{{{cache}}}"), 2.0),
+        (format!("coredns_cache_hits_total{{{cache}}}"), 19.0),
+        (format!("coredns_cache_misses_total{{{cache}}}"), 3.0),
+        (format!("coredns_forward_requests_total{{{to}}}"), 3.0),
+        (
+            format!("coredns_forward_responses_total{{{to},rcode=\"NOERROR\"}}"),
+            1.0,
+        ),
+        (
+            format!("coredns_forward_request_duration_seconds_count{{{to}}}"),
+            3.0,
+        ),
+    ] {
+        assert!(
+            metric(&text, &series) >= at_least,
+            "{series} >= {at_least} in\n{text}"
+        );
+    }
+    for family in [
+        "coredns_cache_served_stale_total{",
+        "coredns_cache_prefetch_total{",
+        "coredns_forward_healthcheck_failures_total{",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "{family} in\n{text}"
+        );
+    }
+
+    // Every metric the Grafana dashboard asks for is in this real scrape.
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/dnscore.json")).unwrap();
+    let mut queries = Vec::new();
+    collect_queries(&dashboard, &mut queries);
+    assert!(queries.len() >= 16, "{} queries", queries.len());
+    let mut names = std::collections::BTreeSet::new();
+    for q in &queries {
+        for (i, _) in q.match_indices(|c: char| c.is_ascii_alphabetic()) {
+            let rest = &q[i..];
+            if (i == 0 || !q[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+                && (rest.starts_with("coredns_") || rest.starts_with("dnscore_"))
+            {
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                names.insert(rest[..end].to_string());
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard's {name} is not in a real scrape"
+        );
+    }
 
     // Queries waiting for the upstream are in the in_flight gauge, over UDP and TCP alike.
     let delay = Behavior::Delay(Duration::from_millis(1000));

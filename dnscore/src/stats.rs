@@ -107,6 +107,11 @@ pub struct UpstreamStats {
     pub timeouts: u64,
     /// Answers with a failure code (SERVFAIL, REFUSED, ...).
     pub error_rcodes: u64,
+    /// Answers by response code: `responses_by_rcode[3]` is the NXDOMAIN answers.
+    pub responses_by_rcode: [u64; 16],
+    /// Health probes (`. IN NS`, while it fails) that got no answer within the attempt
+    /// timeout.
+    pub probe_failures: u64,
     /// Times the queries outstanding on it were re-driven elsewhere.
     pub redrives: u64,
     /// UDP sockets opened to it (each is a 5-tuple: a conntrack entry on the node).

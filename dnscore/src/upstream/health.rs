@@ -72,6 +72,10 @@ pub(crate) struct Counters {
     pub(crate) failures: AtomicU64,
     pub(crate) timeouts: AtomicU64,
     pub(crate) error_rcodes: AtomicU64,
+    /// Answers by response code (the header's 4 bits).
+    pub(crate) rcodes: [AtomicU64; 16],
+    /// Health probes that got no answer in time.
+    pub(crate) probe_failures: AtomicU64,
     pub(crate) redrives: AtomicU64,
     /// Answers per RTT bucket (not cumulative), and their RTT sum in microseconds.
     pub(crate) rtt_buckets: [AtomicU64; RTT_BUCKETS.len()],

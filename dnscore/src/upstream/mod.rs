@@ -169,6 +169,10 @@ impl Pool {
                     failures: c.failures.load(Ordering::Relaxed),
                     timeouts: c.timeouts.load(Ordering::Relaxed),
                     error_rcodes: c.error_rcodes.load(Ordering::Relaxed),
+                    responses_by_rcode: std::array::from_fn(|r| {
+                        c.rcodes[r].load(Ordering::Relaxed)
+                    }),
+                    probe_failures: c.probe_failures.load(Ordering::Relaxed),
                     redrives: c.redrives.load(Ordering::Relaxed),
                     sockets_opened: u64::from(u.udp.opened.load(Ordering::Relaxed)),
                     suspicious_datagrams: u64::from(u.udp.suspicious.load(Ordering::Relaxed)),
@@ -340,6 +344,8 @@ async fn attempt(
             result = &mut exchange => {
                 match &result {
                     Ok(answer) => {
+                        let rcode = usize::from(answer.rcode & 0xf);
+                        health.counters.rcodes[rcode].fetch_add(1, Ordering::Relaxed);
                         if !answer.is_answer() {
                             health.counters.error_rcodes.fetch_add(1, Ordering::Relaxed);
                         }

@@ -89,6 +89,11 @@ async fn probe(upstream: Arc<Upstream>, config: PoolConfig, peers: Arc<[Arc<Upst
             () = sleep(timeout) => {}
             rtt = answer(&mut waiting) => break rtt,
         }
+        upstream
+            .health
+            .counters
+            .probe_failures
+            .fetch_add(1, Ordering::Relaxed);
         if upstream.health.is_down() {
             interval = (interval * 2).min(config.max_probe_interval);
         } else if upstream
