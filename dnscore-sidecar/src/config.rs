@@ -196,6 +196,11 @@ pub struct Settings {
     /// Log format: text or json [default: text].
     #[arg(long, env = "DNSCORE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Write this share of the queries to the log, one line (or JSON object) each: client,
+    /// name, type, response code, hit or miss, duration; 1 (or the flag alone) for every
+    /// query [default: none].
+    #[arg(long, env = "DNSCORE_LOG_QUERIES", num_args = 0..=1, default_missing_value = "1")]
+    pub log_queries: Option<f64>,
     /// Log filter, as RUST_LOG (e.g. "info", "dnscore=debug") [default: info].
     #[arg(long, env = "DNSCORE_LOG")]
     pub log: Option<String>,
@@ -369,6 +374,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// See [`Settings::log`].
     pub log: String,
+    /// See [`Settings::log_queries`]: the share, when above 0.
+    pub log_queries: Option<f64>,
 }
 
 impl Config {
@@ -414,6 +421,10 @@ impl Config {
                 format!("{:?}", self.log_format).to_lowercase(),
             ),
             ("log", self.log.clone()),
+            (
+                "log-queries",
+                self.log_queries.map_or_else(String::new, |s| s.to_string()),
+            ),
         ];
         let builder = self
             .builder()
@@ -540,6 +551,7 @@ impl Settings {
             rate_limit: self.rate_limit.or(lower.rate_limit),
             log_format: self.log_format.or(lower.log_format),
             log: self.log.or(lower.log),
+            log_queries: self.log_queries.or(lower.log_queries),
             resolver: self.resolver.or(lower.resolver),
         }
     }
@@ -567,6 +579,12 @@ impl Settings {
         if lameduck > MAX_LAMEDUCK {
             return Err(ConfigError::Invalid("lameduck must not exceed 1h"));
         }
+        if self
+            .log_queries
+            .is_some_and(|share| !(0.0..=1.0).contains(&share))
+        {
+            return Err(ConfigError::Invalid("log-queries must be between 0 and 1"));
+        }
         let workers = self.workers.unwrap_or_else(available_cpus);
         if workers == 0 || workers > 256 {
             return Err(ConfigError::Invalid("workers must be between 1 and 256"));
@@ -591,6 +609,7 @@ impl Settings {
             rate_limit: self.rate_limit.filter(|&n| n > 0),
             log_format: self.log_format.unwrap_or_default(),
             log: self.log.unwrap_or_else(|| "info".to_string()),
+            log_queries: self.log_queries.filter(|&share| share > 0.0),
         };
         config
             .builder()?
@@ -678,7 +697,7 @@ mod tests {
         assert_eq!(entries["prefetch"], "false");
         assert_eq!(entries["negative-max-ttl"], "3600", "a default");
         assert_eq!(entries["lameduck"], "1.5s");
-        assert_eq!(entries.len(), 14 + settings().len(), "every setting listed");
+        assert_eq!(entries.len(), 15 + settings().len(), "every setting listed");
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod udp;
 pub use tcp::{MAX_PIPELINED, MAX_TCP_CONNECTIONS, TCP_IDLE_TIMEOUT, serve_stream};
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -61,6 +62,8 @@ pub struct Context {
     pub rate_limit: Option<u32>,
     /// The loop probe to watch for among the misses, if any.
     pub loop_probe: Option<Arc<startup::LoopProbe>>,
+    /// The share of queries written to the query log (`--log-queries`), if any.
+    pub query_log: Option<f64>,
 }
 
 impl Context {
@@ -72,6 +75,7 @@ impl Context {
             access: Arc::default(),
             rate_limit: None,
             loop_probe: None,
+            query_log: None,
         }
     }
 
@@ -82,10 +86,12 @@ impl Context {
     fn answer_now(
         &self,
         query: &[u8],
+        client: Option<SocketAddr>,
         protocol: Protocol,
         counters: &QueryCounters,
         out: &mut Vec<u8>,
     ) -> Result<Option<Miss>, dnscore::Error> {
+        let logged = self.sampled();
         let transport = match protocol {
             Protocol::Udp => Transport::Udp,
             Protocol::Tcp => Transport::Tcp,
@@ -102,6 +108,9 @@ impl Context {
         match cached {
             Cached::Answered { qtype } => {
                 counters.count(protocol, qtype, out);
+                if let Some(arrived) = logged {
+                    log_query(client, protocol, query, out, "hit", arrived);
+                }
                 Ok(None)
             }
             Cached::Miss(miss) => {
@@ -116,10 +125,12 @@ impl Context {
     /// The second half: resolves `miss` on a task of `runtime`, counts it (and shows it in
     /// the `in_flight` gauge meanwhile), and hands the response to `reply`; `hold` (a slot,
     /// a shutdown guard) is released after that.
+    #[allow(clippy::too_many_arguments)]
     fn resolve_later<F>(
         &self,
         runtime: &tokio::runtime::Handle,
         miss: Miss,
+        client: Option<SocketAddr>,
         protocol: Protocol,
         counters: &Arc<QueryCounters>,
         hold: impl Send + 'static,
@@ -130,16 +141,59 @@ impl Context {
         let (resolver, counters) = (self.resolver.clone(), Arc::clone(counters));
         let waiting = Waiting::new(&self.metrics);
         let arrived = std::time::Instant::now();
+        let logged = self.sampled();
         runtime.spawn(async move {
             let qtype = miss.qtype();
+            let query = logged.map(|_| miss.query().to_vec());
             let mut out = Vec::new();
             resolver.resolve_miss(miss, &mut out).await;
             counters.count(protocol, Some(qtype), &out);
             counters.observe(arrived.elapsed(), 1);
+            if let (Some(arrived), Some(query)) = (logged, query) {
+                log_query(client, protocol, &query, &out, "miss", arrived);
+            }
             reply(out).await;
             drop((waiting, hold));
         });
     }
+}
+
+impl Context {
+    /// When the query log takes this query: the time it is taken, to measure it.
+    fn sampled(&self) -> Option<std::time::Instant> {
+        let share = self.query_log?;
+        (share >= 1.0 || rand::random::<f64>() < share).then(std::time::Instant::now)
+    }
+}
+
+/// One line of the query log (target `dnscore::query`): client, protocol, name, type,
+/// response code, whether the cache answered, and the time to the answer. With
+/// `--log-format json` each is a JSON object.
+fn log_query(
+    client: Option<SocketAddr>,
+    protocol: Protocol,
+    query: &[u8],
+    answer: &[u8],
+    cache: &str,
+    arrived: std::time::Instant,
+) {
+    let name = dnscore::message::question_name(query).unwrap_or_default();
+    let qtype = dnscore::message::question_type(query).map_or_else(String::new, |t| {
+        dnscore::proto::rr::RecordType::from(t).to_string()
+    });
+    let rcode = dnscore::message::response_code(answer)
+        .map_or_else(String::new, |r| metrics::rcode_name(usize::from(r)));
+    tracing::info!(
+        target: "dnscore::query",
+        client = %client.map_or_else(String::new, |c| c.to_string()),
+        proto = match protocol { Protocol::Udp => "udp", Protocol::Tcp => "tcp" },
+        name = %name,
+        qtype = %qtype,
+        rcode = %rcode,
+        cache,
+        duration_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "query"
+    );
 }
 
 /// Serves `resolver` on `udp` and `tcp` to loopback clients until `shutdown` completes,

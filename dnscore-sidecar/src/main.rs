@@ -158,6 +158,7 @@ fn run(flags: Flags, config: Config, log: LogHandle) -> Result<(), Box<dyn std::
             access: Arc::new(access),
             rate_limit: config.rate_limit,
             loop_probe: Some(Arc::clone(&probe)),
+            query_log: config.log_queries,
         };
         let admin = Admin::new(resolver.clone(), metrics, config.startup_wait);
         tokio::spawn(serve_admin(admin_listener, Arc::clone(&admin)));

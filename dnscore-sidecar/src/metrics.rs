@@ -282,7 +282,7 @@ impl Collector for Snapshot {
 }
 
 /// CoreDNS's response code names, by code.
-fn rcode_name(code: usize) -> String {
+pub(crate) fn rcode_name(code: usize) -> String {
     const NAMES: [&str; 11] = [
         "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
         "NXRRSET", "NOTAUTH", "NOTZONE",

@@ -3,6 +3,7 @@
 //! soon as its answer is ready, in any order; a connection may have [`MAX_PIPELINED`]
 //! queries waiting for an upstream before it is read again.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,7 +49,7 @@ pub(crate) async fn serve_tcp(listener: TcpListener, ctx: Context, in_flight: In
         let (ctx, counters, guard) = (ctx.clone(), Arc::clone(&counters), in_flight.enter());
         tokio::spawn(async move {
             ctx.metrics.tcp_connections.fetch_add(1, Ordering::Relaxed);
-            serve_stream_with(stream, &ctx, counters).await;
+            serve_stream_with(stream, Some(peer), &ctx, counters).await;
             ctx.metrics.tcp_connections.fetch_sub(1, Ordering::Relaxed);
             tracing::trace!(%peer, "TCP connection closed");
             drop((permit, guard));
@@ -70,11 +71,15 @@ where
 {
     let ctx = Context::new(resolver);
     let counters = ctx.metrics.worker();
-    serve_stream_with(stream, &ctx, counters).await;
+    serve_stream_with(stream, None, &ctx, counters).await;
 }
 
-async fn serve_stream_with<S>(stream: S, ctx: &Context, counters: Arc<QueryCounters>)
-where
+async fn serve_stream_with<S>(
+    stream: S,
+    peer: Option<SocketAddr>,
+    ctx: &Context,
+    counters: Arc<QueryCounters>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut read, mut write) = tokio::io::split(stream);
@@ -109,7 +114,7 @@ where
         }
         let mut out = Vec::new();
         let arrived = std::time::Instant::now();
-        match ctx.answer_now(&buf, Protocol::Tcp, &counters, &mut out) {
+        match ctx.answer_now(&buf, peer, Protocol::Tcp, &counters, &mut out) {
             Ok(None) => {
                 counters.observe(arrived.elapsed(), 1);
                 if tx.send(out).await.is_err() {
@@ -124,6 +129,7 @@ where
                 ctx.resolve_later(
                     &runtime,
                     miss,
+                    peer,
                     Protocol::Tcp,
                     &counters,
                     slot,

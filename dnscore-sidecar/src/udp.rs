@@ -182,7 +182,7 @@ impl Receiver {
         }
         let query = &self.queries[range];
         let out = &mut self.answers[self.peers.len()];
-        match ctx.answer_now(query, Protocol::Udp, &self.counters, out) {
+        match ctx.answer_now(query, Some(addr), Protocol::Udp, &self.counters, out) {
             Ok(None) => self.peers.push(SocketAddrAny::from(addr)),
             Ok(Some(miss)) => {
                 let socket = Arc::clone(&self.socket);
@@ -190,6 +190,7 @@ impl Receiver {
                 ctx.resolve_later(
                     &self.runtime,
                     miss,
+                    Some(addr),
                     Protocol::Udp,
                     &self.counters,
                     guard,

@@ -400,6 +400,94 @@ async fn an_idle_sidecar_does_not_wake_up() {
     assert!(woken <= 3, "{woken} wake-ups in 3 s of idleness");
 }
 
+/// The query log as JSON: one object per query with what an operator asks of it, and the
+/// sampling rate honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_log_is_json_with_one_object_per_query() {
+    let up = TestUpstream::start().await.unwrap();
+    let run = |share: &str| {
+        let port = free_port();
+        let dns: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(env!("CARGO_BIN_EXE_dnscore-sidecar"))
+            .args([
+                "--listen",
+                &dns.to_string(),
+                "--upstream",
+                &up.addr().to_string(),
+            ])
+            .args(["--metrics-listen", "127.0.0.1:0", "--lameduck", "0"])
+            .args(["--log-format", "json", "--log-queries", share])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        (child, dns)
+    };
+    let logged = |stderr: &str| -> Vec<serde_json::Value> {
+        stderr
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("every line is JSON"))
+            .filter(|v| v["target"] == "dnscore::query")
+            .collect()
+    };
+    let stop = |child: &Child| {
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+    };
+
+    let (child, dns) = run("1");
+    let mut answered = false;
+    for _ in 0..50 {
+        answered = ask(dns, 1, "a.test.").await == Some(ResponseCode::NoError);
+        if answered {
+            break;
+        }
+    }
+    assert!(answered);
+    assert_eq!(ask(dns, 2, "a.test.").await, Some(ResponseCode::NoError));
+    assert_eq!(
+        ask(dns, 3, "nope.test.").await,
+        Some(ResponseCode::NXDomain)
+    );
+    stop(&child);
+    let out = child.wait_with_output().await.unwrap();
+    let lines = logged(&String::from_utf8_lossy(&out.stderr));
+    let last = lines.len() - 1;
+    let (hit, nx) = (&lines[last - 1]["fields"], &lines[last]["fields"]);
+    assert_eq!(hit["name"], "a.test.");
+    assert_eq!(hit["qtype"], "A");
+    assert_eq!(hit["rcode"], "NOERROR");
+    assert_eq!(hit["cache"], "hit");
+    assert_eq!(hit["proto"], "udp");
+    assert!(hit["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(hit["duration_us"].is_u64());
+    assert_eq!(nx["name"], "nope.test.");
+    assert_eq!(nx["rcode"], "NXDOMAIN");
+    assert_eq!(nx["cache"], "miss");
+
+    // A quarter of 200 queries (hits): 50 expected, 20..80 is five standard deviations.
+    let (child, dns) = run("0.25");
+    for _ in 0..50 {
+        if ask(dns, 1, "a.test.").await.is_some() {
+            break;
+        }
+    }
+    for id in 0..200 {
+        assert_eq!(ask(dns, id, "a.test.").await, Some(ResponseCode::NoError));
+    }
+    stop(&child);
+    let out = child.wait_with_output().await.unwrap();
+    let sampled = logged(&String::from_utf8_lossy(&out.stderr)).len();
+    assert!(
+        (20..=80).contains(&sampled),
+        "{sampled} of 200 logged at 0.25"
+    );
+}
+
 /// Warm names are resolved before `/ready` says 200, and stay in the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_names_are_cached_before_ready() {

@@ -10,6 +10,35 @@ pub fn question_type(msg: &[u8]) -> Option<u16> {
     u16_at(msg, end).ok()
 }
 
+/// The name of the first question of a query, in presentation form (`www.example.com.`,
+/// the root as `.`), for logs: labels are read as they are (uncompressed, as queries carry
+/// them), bytes outside printable ASCII and `.` and `\` within a label are escaped as
+/// `\DDD` (RFC 1035 §5.1). `None` if the question cannot be read.
+pub fn question_name(msg: &[u8]) -> Option<String> {
+    let end = skip_name(msg, HEADER_LEN).ok()?;
+    let mut name = String::new();
+    let mut pos = HEADER_LEN;
+    while pos < end {
+        let len = usize::from(*msg.get(pos)?);
+        if len == 0 || len & 0xc0 != 0 {
+            break;
+        }
+        for &b in msg.get(pos + 1..pos + 1 + len)? {
+            if b.is_ascii_graphic() && b != b'.' && b != b'\\' {
+                name.push(char::from(b));
+            } else {
+                name.push_str(&format!("\\{b:03}"));
+            }
+        }
+        name.push('.');
+        pos += 1 + len;
+    }
+    if name.is_empty() {
+        name.push('.');
+    }
+    Some(name)
+}
+
 /// The response code in a message's header (the 4 low bits; extended codes live in OPT).
 pub fn response_code(msg: &[u8]) -> Option<u16> {
     Header::read(msg).ok().map(|h| h.flags & flag::RCODE)
@@ -38,6 +67,14 @@ mod tests {
         // id 7, RD, one question "a." type ANY class IN
         let q = [0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 255, 0, 1];
         assert_eq!(question_type(&q), Some(255));
+        assert_eq!(question_name(&q).as_deref(), Some("a."));
+        let odd = [
+            0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'a', b'.', 0xff, 0, 0, 1, 0, 1,
+        ];
+        assert_eq!(question_name(&odd).as_deref(), Some("a\\046\\255."));
+        let root = [0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+        assert_eq!(question_name(&root).as_deref(), Some("."));
+        assert_eq!(question_name(&q[..14]), None);
         let mut out = Vec::new();
         assert!(reply_with_rcode(&q, 4, &mut out));
         assert_eq!(response_code(&out), Some(4));
