@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use dnscore::{Cached, Miss, Resolver, Transport};
+use dnscore::{Cached, Miss, Resolver, Served, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 
 use access::Access;
@@ -146,11 +146,16 @@ impl Context {
             let qtype = miss.qtype();
             let query = logged.map(|_| miss.query().to_vec());
             let mut out = Vec::new();
-            resolver.resolve_miss(miss, &mut out).await;
+            let served = resolver.resolve_miss(miss, &mut out).await;
             counters.count(protocol, Some(qtype), &out);
             counters.observe(arrived.elapsed(), 1);
             if let (Some(arrived), Some(query)) = (logged, query) {
-                log_query(client, protocol, &query, &out, "miss", arrived);
+                let cache = if served == Served::Stale {
+                    "stale"
+                } else {
+                    "miss"
+                };
+                log_query(client, protocol, &query, &out, cache, arrived);
             }
             reply(out).await;
             drop((waiting, hold));
@@ -167,7 +172,8 @@ impl Context {
 }
 
 /// One line of the query log (target `dnscore::query`): client, protocol, name, type,
-/// response code, whether the cache answered, and the time to the answer. With
+/// response code, how the cache took part (`hit`, `miss`, or `stale`: an expired entry
+/// served because the upstreams failed or were slow), and the time to the answer. With
 /// `--log-format json` each is a JSON object.
 fn log_query(
     client: Option<SocketAddr>,

@@ -8,7 +8,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use dnscore::proto::op::{Message, ResponseCode};
-use dnscore::proto::rr::RecordType;
+use dnscore::proto::rr::rdata::A;
+use dnscore::proto::rr::{RData, RecordType};
 use dnscore_testkit::{Behavior, TestUpstream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -453,11 +454,26 @@ async fn the_query_log_is_json_with_one_object_per_query() {
         ask(dns, 3, "nope.test.").await,
         Some(ResponseCode::NXDomain)
     );
+    // An answer that expires, then the upstream refuses it: served stale, logged so.
+    up.add_record("short.test.", RData::A(A::new(192, 0, 2, 9)), 1);
+    assert_eq!(
+        ask(dns, 4, "short.test.").await,
+        Some(ResponseCode::NoError)
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    up.set_behavior("short.test.", Behavior::Refused);
+    assert_eq!(
+        ask(dns, 5, "short.test.").await,
+        Some(ResponseCode::NoError)
+    );
     stop(&child);
     let out = child.wait_with_output().await.unwrap();
     let lines = logged(&String::from_utf8_lossy(&out.stderr));
     let last = lines.len() - 1;
-    let (hit, nx) = (&lines[last - 1]["fields"], &lines[last]["fields"]);
+    let stale = &lines[last]["fields"];
+    assert_eq!(stale["name"], "short.test.");
+    assert_eq!(stale["cache"], "stale");
+    let (hit, nx) = (&lines[last - 3]["fields"], &lines[last - 2]["fields"]);
     assert_eq!(hit["name"], "a.test.");
     assert_eq!(hit["qtype"], "A");
     assert_eq!(hit["rcode"], "NOERROR");

@@ -149,7 +149,7 @@ mod wire;
 pub use config::*;
 pub use error::{Error, UpstreamError};
 pub use lookup::Lookup;
-pub use resolver::{Cached, Miss, Resolver, Transport};
+pub use resolver::{Cached, Miss, Resolver, Served, Transport};
 pub use stats::{Stats, UpstreamStats};
 pub use upstream::Selection;
 

@@ -88,17 +88,30 @@ fn write_result(
     transport: Transport,
     result: Result<(Arc<Answer>, Freshness), Error>,
     out: &mut Vec<u8>,
-) {
+) -> Served {
     match result {
         Ok((answer, freshness)) => {
             let stale = freshness == Freshness::Stale;
             answer.write_response(q, Instant::now(), transport.limit(q), stale, out);
+            if stale { Served::Stale } else { Served::Fresh }
         }
         Err(err) => {
             tracing::debug!(%err, "answering SERVFAIL");
             write_rcode_reply(&q.header, rcode::SERVFAIL, Some(q.question()), q.edns, out);
+            Served::Failed
         }
     }
+}
+
+/// What [`Resolver::resolve_miss`] answered with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Served {
+    /// A fresh answer from an upstream (or from a query in flight for it).
+    Fresh,
+    /// The expired cache entry, served stale (RFC 8767): the upstreams failed or were slow.
+    Stale,
+    /// SERVFAIL: no upstream answered, and there was nothing stale to serve.
+    Failed,
 }
 
 /// A caching DNS resolver that forwards to upstream servers.
@@ -244,10 +257,10 @@ impl Resolver {
     /// Finishes a query that [`answer_cached`](Self::answer_cached) found no fresh answer
     /// for, writing the response into `out` (cleared first): from the upstreams, or stale,
     /// or SERVFAIL.
-    pub async fn resolve_miss(&self, miss: Miss, out: &mut Vec<u8>) {
+    pub async fn resolve_miss(&self, miss: Miss, out: &mut Vec<u8>) -> Served {
         let q = miss.query.view();
         let result = self.complete(q.key.as_bytes(), miss.stale).await;
-        write_result(&q, miss.transport, result, out);
+        write_result(&q, miss.transport, result, out)
     }
 
     /// A fresh hit is written to `out`; else the stale entry, if the cache has one.
