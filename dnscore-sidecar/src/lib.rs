@@ -109,7 +109,7 @@ impl Context {
             Cached::Answered { qtype } => {
                 counters.count(protocol, qtype, out);
                 if let Some(arrived) = logged {
-                    log_query(client, protocol, query, out, "hit", arrived);
+                    log_query(client, protocol, query, out, ("hit", None), arrived);
                 }
                 Ok(None)
             }
@@ -150,12 +150,12 @@ impl Context {
             counters.count(protocol, Some(qtype), &out);
             counters.observe(arrived.elapsed(), 1);
             if let (Some(arrived), Some(query)) = (logged, query) {
-                let cache = if served == Served::Stale {
-                    "stale"
-                } else {
-                    "miss"
+                let how = match served {
+                    Served::Stale => ("stale", None),
+                    Served::Fresh { upstream } => ("miss", upstream),
+                    Served::Failed => ("miss", None),
                 };
-                log_query(client, protocol, &query, &out, cache, arrived);
+                log_query(client, protocol, &query, &out, how, arrived);
             }
             reply(out).await;
             drop((waiting, hold));
@@ -173,14 +173,15 @@ impl Context {
 
 /// One line of the query log (target `dnscore::query`): client, protocol, name, type,
 /// response code, how the cache took part (`hit`, `miss`, or `stale`: an expired entry
-/// served because the upstreams failed or were slow), and the time to the answer. With
+/// served because the upstreams failed or were slow), the upstream that answered a miss,
+/// and the time to the answer. With
 /// `--log-format json` each is a JSON object.
 fn log_query(
     client: Option<SocketAddr>,
     protocol: Protocol,
     query: &[u8],
     answer: &[u8],
-    cache: &str,
+    (cache, upstream): (&str, Option<SocketAddr>),
     arrived: std::time::Instant,
 ) {
     let name = dnscore::message::question_name(query).unwrap_or_default();
@@ -197,6 +198,7 @@ fn log_query(
         qtype = %qtype,
         rcode = %rcode,
         cache,
+        upstream = %upstream.map_or_else(String::new, |u| u.to_string()),
         duration_us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX),
         "query"
     );

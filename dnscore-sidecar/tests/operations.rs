@@ -484,6 +484,12 @@ async fn the_query_log_is_json_with_one_object_per_query() {
     assert_eq!(nx["name"], "nope.test.");
     assert_eq!(nx["rcode"], "NXDOMAIN");
     assert_eq!(nx["cache"], "miss");
+    assert_eq!(
+        nx["upstream"],
+        up.addr().to_string(),
+        "the upstream that answered"
+    );
+    assert_eq!(hit["upstream"], "", "none for a hit");
 
     // A quarter of 200 queries (hits): 50 expected, 20..80 is five standard deviations.
     let (child, dns) = run("0.25");

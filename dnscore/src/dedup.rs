@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,7 +21,7 @@ use crate::answer::Answer;
 use crate::error::Error;
 
 /// The outcome of one flight, shared by all its callers.
-pub(crate) type FlightResult = Result<Arc<Answer>, Error>;
+pub(crate) type FlightResult = Result<(Arc<Answer>, SocketAddr), Error>;
 
 /// One flight: its outcome channel and how many callers wait on it.
 struct Flight {

@@ -48,7 +48,7 @@ impl Resolver {
         let Ok(q) = query::parse(&wire) else {
             return Err(invalid());
         };
-        let (answer, freshness) = self.answer(&q).await?;
+        let (answer, freshness, _) = self.answer(&q).await?;
         let stale = freshness == crate::cache::Freshness::Stale;
         let mut out = Vec::new();
         answer.write_response(

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::ResolverBuilder;
 use crate::answer::Answer;
 use crate::cache::{AnswerCache, Freshness};
-use crate::dedup::{Dedup, Role};
+use crate::dedup::{Dedup, FlightResult, Role};
 use crate::error::{Error, UpstreamError};
 use crate::query::{self, OwnedQuery, Query};
 use crate::stats::{Counters, Stats};
@@ -86,14 +86,18 @@ impl std::fmt::Debug for Miss {
 fn write_result(
     q: &Query<'_>,
     transport: Transport,
-    result: Result<(Arc<Answer>, Freshness), Error>,
+    result: Result<Answered, Error>,
     out: &mut Vec<u8>,
 ) -> Served {
     match result {
-        Ok((answer, freshness)) => {
+        Ok((answer, freshness, upstream)) => {
             let stale = freshness == Freshness::Stale;
             answer.write_response(q, Instant::now(), transport.limit(q), stale, out);
-            if stale { Served::Stale } else { Served::Fresh }
+            if stale {
+                Served::Stale
+            } else {
+                Served::Fresh { upstream }
+            }
         }
         Err(err) => {
             tracing::debug!(%err, "answering SERVFAIL");
@@ -103,11 +107,18 @@ fn write_result(
     }
 }
 
+/// An answer, how fresh, and the upstream it came from when it was fetched for this query.
+pub(crate) type Answered = (Arc<Answer>, Freshness, Option<SocketAddr>);
+
 /// What [`Resolver::resolve_miss`] answered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Served {
-    /// A fresh answer from an upstream (or from a query in flight for it).
-    Fresh,
+    /// A fresh answer: from `upstream` (also when this query joined one in flight for the
+    /// same question), or `None` from the cache.
+    Fresh {
+        /// The upstream that answered.
+        upstream: Option<SocketAddr>,
+    },
     /// The expired cache entry, served stale (RFC 8767): the upstreams failed or were slow.
     Stale,
     /// SERVFAIL: no upstream answered, and there was nothing stale to serve.
@@ -305,13 +316,13 @@ impl Resolver {
     /// The answer for a parsed query: fresh from the cache; else from the one flight for its
     /// key; stale from the cache (RFC 8767) when that flight fails or is slower than the
     /// client response timer.
-    pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<(Arc<Answer>, Freshness), Error> {
+    pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<Answered, Error> {
         let key = q.key.as_bytes();
         let now = Instant::now();
         match self.inner.cache.lookup(key, now) {
             Some((answer, Freshness::Fresh)) => {
                 self.on_hit(key, &answer, now);
-                Ok((answer, Freshness::Fresh))
+                Ok((answer, Freshness::Fresh, None))
             }
             Some((stale, Freshness::Stale)) => self.complete(key, Some(stale)).await,
             None => self.complete(key, None).await,
@@ -319,11 +330,7 @@ impl Resolver {
     }
 
     /// The answer for a key the cache had no fresh answer for (`stale`: what it had).
-    async fn complete(
-        &self,
-        key: &[u8],
-        stale: Option<Arc<Answer>>,
-    ) -> Result<(Arc<Answer>, Freshness), Error> {
+    async fn complete(&self, key: &[u8], stale: Option<Arc<Answer>>) -> Result<Answered, Error> {
         let now = Instant::now();
         let counters = &self.inner.counters;
         counters.misses.add(1);
@@ -334,14 +341,14 @@ impl Resolver {
                     let fetched =
                         tokio::time::timeout(serving.stale_answer_timeout, self.fetch(key)).await;
                     match fetched {
-                        Ok(Ok(fresh)) => return Ok((fresh, Freshness::Fresh)),
+                        Ok(Ok((fresh, from))) => return Ok((fresh, Freshness::Fresh, Some(from))),
                         Ok(Err(_)) => stale.refresh_failed_at(Instant::now()),
                         // The flight goes on and fills the cache when it lands.
                         Err(_slow) => {}
                     }
                 }
                 counters.stale.add(1);
-                Ok((stale, Freshness::Stale))
+                Ok((stale, Freshness::Stale, None))
             }
             None => {
                 if self.inner.cache.recently_failed(key, now) {
@@ -355,22 +362,22 @@ impl Resolver {
                         _ => counters.failures.add(1),
                     }
                 }
-                fetched.map(|answer| (answer, Freshness::Fresh))
+                fetched.map(|(answer, from)| (answer, Freshness::Fresh, Some(from)))
             }
         }
     }
 
     /// Joins or starts the flight for `key`; the flight asks the pool, applies the TTL
     /// policy and fills the cache (or remembers the failure) before anyone is answered.
-    async fn fetch(&self, key: &[u8]) -> Result<Arc<Answer>, Error> {
+    async fn fetch(&self, key: &[u8]) -> FlightResult {
         let inner = Arc::clone(&self.inner);
         let flight = move |key: Arc<[u8]>| async move {
             match inner.pool.query(&key).await {
-                Ok(mut answer) => {
+                Ok((mut answer, from)) => {
                     inner.cache.policy().apply(&mut answer);
                     let answer = Arc::new(answer);
                     inner.cache.insert(&key, &answer);
-                    Ok(answer)
+                    Ok((answer, from))
                 }
                 Err(err) => {
                     let now = Instant::now();

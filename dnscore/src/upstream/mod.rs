@@ -184,9 +184,12 @@ impl Pool {
             .collect()
     }
 
-    /// Asks the upstreams for `key` until one gives an answer (NOERROR or NXDOMAIN): runs
-    /// the query's [`Race`], spawning the attempts it launches.
-    pub(crate) async fn query(&self, key: &Arc<[u8]>) -> Result<Answer, UpstreamError> {
+    /// Asks the upstreams for `key` until one gives an answer (NOERROR or NXDOMAIN), and
+    /// says which did: runs the query's [`Race`] and the attempts it launches.
+    pub(crate) async fn query(
+        &self,
+        key: &Arc<[u8]>,
+    ) -> Result<(Answer, SocketAddr), UpstreamError> {
         let ups = self.upstreams();
         let config = &self.config;
         let max_attempts = config.max_attempts.unwrap_or((2 * ups.len()).max(6));

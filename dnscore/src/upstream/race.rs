@@ -105,7 +105,8 @@ pub(crate) enum Step {
     /// Wait for an event, or until this instant, then ask again.
     Wait(Instant),
     /// The query is over.
-    Done(Result<Answer, UpstreamError>),
+    /// The answer comes with the upstream that gave it.
+    Done(Result<(Answer, SocketAddr), UpstreamError>),
 }
 
 /// An attempt that has not reported its end.
@@ -144,7 +145,7 @@ pub(crate) struct Race {
     due: Option<Kind>,
     backoff: u32,
     last_error: Option<UpstreamError>,
-    answer: Option<Answer>,
+    answer: Option<(Answer, SocketAddr)>,
     /// The upstream of the latest launch, hedges included (named at the deadline).
     last_launched: Option<usize>,
 }
@@ -316,7 +317,7 @@ impl Race {
         let upstream = self.outstanding.swap_remove(pos).upstream;
         match result {
             Ok(answer) if answer.is_answer() => {
-                self.answer = Some(answer);
+                self.answer = Some((answer, ups.addr(upstream)));
                 return;
             }
             Ok(answer) => {
