@@ -91,12 +91,11 @@ pub struct InjectFlags {
     /// Force this ndots option [default: keep the pod's, else 5].
     #[arg(long)]
     pub ndots: Option<u8>,
-    /// How long the sidecar keeps answering after SIGTERM, up to 1h [default: 5s].
-    #[arg(long)]
+    /// How long the sidecar keeps answering after SIGTERM, up to 1h.
+    #[arg(long, help = with_default("How long the sidecar keeps answering after SIGTERM, up to 1h", duration(DEFAULT_LAMEDUCK)))]
     pub lameduck: Option<DurationArg>,
-    /// Address of the sidecar's metrics and probes; must be reachable by the kubelet
-    /// [default: 0.0.0.0:9153].
-    #[arg(long)]
+    /// Address of the sidecar's metrics and probes; must be reachable by the kubelet.
+    #[arg(long, help = with_default("Address of the sidecar's metrics and probes; must be reachable by the kubelet", format!("0.0.0.0:{METRICS_PORT}")))]
     pub metrics_listen: Option<SocketAddr>,
     /// The sidecar's cache capacity [default: the sidecar's].
     #[arg(long)]
@@ -147,8 +146,8 @@ impl InjectFlags {
 #[derive(Clone, Debug, Default, PartialEq, clap::Args, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
-    /// Address to serve DNS on, UDP and TCP [default: 127.0.0.1:53].
-    #[arg(long, env = "DNSCORE_LISTEN")]
+    /// Address to serve DNS on, UDP and TCP.
+    #[arg(long, env = "DNSCORE_LISTEN", help = with_default("Address to serve DNS on, UDP and TCP", DEFAULT_LISTEN))]
     pub listen: Option<SocketAddr>,
     /// Upstream server IP:PORT (repeatable, or comma-separated) [default: the nameservers of --resolv-conf].
     #[arg(long = "upstream", env = "DNSCORE_UPSTREAM", value_delimiter = ',')]
@@ -164,18 +163,18 @@ pub struct Settings {
     /// Port of the discovered upstreams [default: 53].
     #[arg(long, env = "DNSCORE_DISCOVER_PORT")]
     pub discover_port: Option<u16>,
-    /// Time between two resolutions of --discover, at least 1s [default: 5s].
-    #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL")]
+    /// Time between two resolutions of --discover, at least 1s.
+    #[arg(long, env = "DNSCORE_DISCOVER_INTERVAL", help = with_default("Time between two resolutions of --discover, at least 1s", duration(DEFAULT_DISCOVER_INTERVAL)))]
     pub discover_interval: Option<DurationArg>,
-    /// Address of /metrics, /health and /ready [default: 127.0.0.1:9153].
-    #[arg(long, env = "DNSCORE_METRICS_LISTEN")]
+    /// Address of /metrics, /health and /ready.
+    #[arg(long, env = "DNSCORE_METRICS_LISTEN", help = with_default("Address of /metrics, /health and /ready", DEFAULT_METRICS_LISTEN))]
     pub metrics_listen: Option<SocketAddr>,
-    /// How long to keep answering after SIGTERM while /ready says 503, up to 1h [default: 5s].
-    #[arg(long, env = "DNSCORE_LAMEDUCK")]
+    /// How long to keep answering after SIGTERM while /ready says 503, up to 1h.
+    #[arg(long, env = "DNSCORE_LAMEDUCK", help = with_default("How long to keep answering after SIGTERM while /ready says 503, up to 1h", duration(DEFAULT_LAMEDUCK)))]
     pub lameduck: Option<DurationArg>,
     /// /ready says 503 until an upstream has answered and the --warm names are cached, or
-    /// this long at most, so that a pod created while CoreDNS is down still starts [default: 10s].
-    #[arg(long, env = "DNSCORE_STARTUP_WAIT")]
+    /// this long at most, so that a pod created while CoreDNS is down still starts.
+    #[arg(long, env = "DNSCORE_STARTUP_WAIT", help = with_default("/ready says 503 until an upstream has answered and the --warm names are cached, or this long at most, so that a pod created while CoreDNS is down still starts", duration(DEFAULT_STARTUP_WAIT)))]
     pub startup_wait: Option<DurationArg>,
     /// Names (A and AAAA) resolved before /ready turns 200 and kept fresh while serving,
     /// for the few an application cannot start without (repeatable, or comma-separated).
@@ -208,6 +207,16 @@ pub struct Settings {
     #[command(flatten)]
     #[serde(skip)]
     pub resolver: ResolverSettings,
+}
+
+/// A flag's help with its default, written from the constant that holds it.
+fn with_default(help: &str, default: impl std::fmt::Display) -> String {
+    format!("{help} [default: {default}]")
+}
+
+/// A duration as flags take it.
+fn duration(d: Duration) -> String {
+    dnscore::settings::format_duration(d)
 }
 
 /// A duration as flags, variables and the file write it: `500ms`, `30s`, `2m`, `1h`, or
