@@ -41,6 +41,12 @@ const OTHER_RCODE: usize = RCODES.len();
 const PROTOCOLS: [&str; 2] = ["udp", "tcp"];
 const CELLS: usize = PROTOCOLS.len() * (QTYPES.len() + 1) * (RCODES.len() + 1);
 
+/// The counter of protocol `p`, query type `t` and response code `r` (indices).
+#[inline]
+const fn cell(p: usize, t: usize, r: usize) -> usize {
+    (p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r
+}
+
 /// The protocol a query came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -99,8 +105,7 @@ impl QueryCounters {
             .unwrap_or(OTHER_QTYPE);
         let rcode = dnscore::message::response_code(response)
             .map_or(OTHER_RCODE, |r| usize::from(r).min(OTHER_RCODE));
-        let cell = (protocol as usize * (QTYPES.len() + 1) + qtype) * (RCODES.len() + 1) + rcode;
-        self.cells[cell].fetch_add(1, Ordering::Relaxed);
+        self.cells[cell(protocol as usize, qtype, rcode)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -273,8 +278,9 @@ fn histogram<'a>(
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         let stats = self.resolver.stats();
-        self.encode_coredns(&mut encoder, &stats)?;
-        self.encode_queries(&mut encoder)?;
+        let totals = self.metrics.query_totals();
+        self.encode_coredns(&mut encoder, &stats, &totals)?;
+        encode_queries(&mut encoder, &totals.0)?;
         self.encode_server(&mut encoder)?;
         encode_resolver(&mut encoder, &stats)?;
         encode_upstreams(&mut encoder, &stats)
@@ -303,6 +309,7 @@ impl Snapshot {
         &self,
         encoder: &mut DescriptorEncoder<'_>,
         s: &dnscore::Stats,
+        (totals, durations, duration_sum): &(Vec<u64>, Vec<u64>, u64),
     ) -> std::fmt::Result {
         let server = self.metrics.server.clone();
         let base = || {
@@ -319,7 +326,6 @@ impl Snapshot {
                 ("view", String::new()),
             ]
         };
-        let (totals, durations, duration_sum) = self.metrics.query_totals();
         let mut by_type: Vec<(Vec<(&str, String)>, u64)> = Vec::new();
         let mut by_rcode = [0u64; RCODES.len() + 1];
         for (p, proto) in PROTOCOLS.iter().enumerate() {
@@ -327,7 +333,7 @@ impl Snapshot {
                 let qtype = QTYPES.get(t).map_or("other", |q| q.1);
                 let mut sum = 0;
                 for (r, count) in by_rcode.iter_mut().enumerate() {
-                    let cell = totals[(p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r];
+                    let cell = totals[cell(p, t, r)];
                     sum += cell;
                     *count += cell;
                 }
@@ -373,7 +379,7 @@ impl Snapshot {
             encoder,
             "coredns_dns_request_duration_seconds",
             "Time from a client query's arrival to its answer (cache hits of a UDP batch share the batch's time)",
-            [(base(), buckets, duration_sum as f64 / 1e9)],
+            [(base(), buckets, *duration_sum as f64 / 1e9)],
         )?;
         family(
             encoder,
@@ -455,36 +461,6 @@ impl Snapshot {
         )
     }
 
-    /// `dnscore_queries_total`: client queries by protocol, type and response code.
-    fn encode_queries(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
-        let (totals, _, _) = self.metrics.query_totals();
-        let mut series = Vec::new();
-        for (p, proto) in PROTOCOLS.iter().enumerate() {
-            for t in 0..=QTYPES.len() {
-                let qtype = QTYPES.get(t).map_or("other", |q| q.1);
-                for r in 0..=RCODES.len() {
-                    let cell = (p * (QTYPES.len() + 1) + t) * (RCODES.len() + 1) + r;
-                    if totals[cell] > 0 {
-                        let rcode = RCODES.get(r).copied().unwrap_or("other");
-                        let labels = vec![
-                            ("proto", (*proto).to_string()),
-                            ("type", qtype.to_string()),
-                            ("rcode", rcode.to_string()),
-                        ];
-                        series.push((labels, totals[cell]));
-                    }
-                }
-            }
-        }
-        family(
-            encoder,
-            "dnscore_queries",
-            "Client queries answered, by protocol, query type and response code",
-            MetricType::Counter,
-            series,
-        )
-    }
-
     /// The server's own gauges and drop counters.
     fn encode_server(&self, encoder: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let m = &self.metrics;
@@ -513,6 +489,35 @@ impl Snapshot {
             m.rate_limited.load(Ordering::Relaxed),
         )
     }
+}
+
+/// `dnscore_queries_total`: client queries by protocol, type and response code.
+fn encode_queries(encoder: &mut DescriptorEncoder<'_>, totals: &[u64]) -> std::fmt::Result {
+    let mut series = Vec::new();
+    for (p, proto) in PROTOCOLS.iter().enumerate() {
+        for t in 0..=QTYPES.len() {
+            let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+            for r in 0..=RCODES.len() {
+                let cell = cell(p, t, r);
+                if totals[cell] > 0 {
+                    let rcode = RCODES.get(r).copied().unwrap_or("other");
+                    let labels = vec![
+                        ("proto", (*proto).to_string()),
+                        ("type", qtype.to_string()),
+                        ("rcode", rcode.to_string()),
+                    ];
+                    series.push((labels, totals[cell]));
+                }
+            }
+        }
+    }
+    family(
+        encoder,
+        "dnscore_queries",
+        "Client queries answered, by protocol, query type and response code",
+        MetricType::Counter,
+        series,
+    )
 }
 
 /// The resolver's own counters that CoreDNS has no family for (and the cache's, kept under
