@@ -461,10 +461,10 @@ impl Config {
 
     /// The cache capacity this configuration asks for.
     pub fn cache_capacity(&self) -> usize {
-        self.builder()
-            .ok()
-            .and_then(|b| b.get("cache-capacity"))
-            .and_then(|v| v.parse().ok())
+        self.resolver
+            .0
+            .get("cache-capacity")
+            .and_then(|v| dnscore::settings::parse_count(v))
             .unwrap_or(dnscore::DEFAULT_CACHE_CAPACITY)
     }
 }

@@ -161,6 +161,11 @@ impl ResolverBuilder {
     }
 }
 
+/// Parses a count: digits, optionally grouped with `_` (`10_000`).
+pub fn parse_count<T: std::str::FromStr>(text: &str) -> Option<T> {
+    text.trim().replace('_', "").parse().ok()
+}
+
 /// Parses a duration: `500ms`, `30s`, `2m`, `1h`, or bare (possibly fractional) seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
@@ -204,7 +209,7 @@ mod value {
 
     pub(super) mod count {
         pub(crate) fn parse<T: std::str::FromStr>(text: &str) -> Option<T> {
-            text.replace('_', "").parse().ok()
+            super::parse_count(text)
         }
         pub(crate) fn show<T: std::fmt::Display>(v: &T) -> String {
             v.to_string()
