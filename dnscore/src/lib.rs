@@ -86,7 +86,9 @@
 //!   out (if it has answered nothing since, its other queries are sent again elsewhere at
 //!   once: its conntrack entry may lead to a dead endpoint), on a burst of forged or mismatched
 //!   datagrams (its queries go over TCP), and after 4096 queries or a minute. A retry goes
-//!   from the socket answered most recently that has no query overdue. An answer to a query
+//!   from the socket answered most recently, if that was since the latest query lost on
+//!   any of them and none of its queries is overdue or long unanswered; else from a new
+//!   port. An answer to a query
 //!   given up moments ago is late, not forged, and does not count toward a burst.
 //!   `upstream_sockets(0)` opens a fresh socket per attempt instead.
 //! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
@@ -120,8 +122,9 @@
 //! # Limitations
 //! - No DNSSEC validation: DO, CD and AD are passed through.
 //! - A query sends at most twice to one upstream: with a single upstream that is a
-//!   Service IP, a retry that also meets a dead endpoint waits until the deadline (the
-//!   retry goes from the socket answered most recently, so this is rare).
+//!   Service IP, a retry that also meets a dead endpoint waits until the deadline. The
+//!   retry goes from a socket answered since the latest loss, so this takes every socket
+//!   leading to the dead endpoint *and* the new port that the retry then opens.
 //! - An answer larger than 4 KiB over UDP (an upstream ignoring our 1232-byte EDNS size) is
 //!   asked again over TCP rather than read.
 //! - Names in [`Resolver::lookup`] are fully qualified; no search list is applied.

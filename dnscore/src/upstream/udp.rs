@@ -122,6 +122,9 @@ pub(crate) struct Sockets {
     pub(crate) opened: AtomicU32,
     /// Forged or mismatched datagrams received (for stats).
     pub(crate) suspicious: Arc<AtomicU32>,
+    /// When the latest query lost on a socket gone silent was sent: sockets answered only
+    /// before it are not known to reach a live endpoint (shared with the sockets).
+    last_loss: Arc<Mutex<Option<Instant>>>,
 }
 
 struct Slots {
@@ -141,6 +144,7 @@ impl Sockets {
             }),
             opened: AtomicU32::new(0),
             suspicious: Arc::new(AtomicU32::new(0)),
+            last_loss: Arc::default(),
         }
     }
 
@@ -150,11 +154,10 @@ impl Sockets {
     }
 
     /// Sends `key` on one of the sockets and returns the ticket to wait on. A `retry` goes
-    /// on the socket answered most recently (its conntrack entry leads to a live endpoint)
-    /// of those with no query overdue (about to be retired); a first attempt on the next
-    /// socket in turn. With `exact_case` the question's letters
-    /// are randomised (0x20) and the answer must echo them exactly. The socket is retired if
-    /// the answer has not come by `retire_at`.
+    /// where a live endpoint is likeliest (see `checkout_retry`); a first attempt on the
+    /// next socket in turn. With `exact_case` the question's letters are randomised (0x20)
+    /// and the answer must echo them exactly. The socket is retired if the answer has not
+    /// come by `retire_at`.
     pub(crate) async fn send(
         &self,
         key: Key<'_>,
@@ -226,23 +229,10 @@ impl Sockets {
                 *slot = None;
             }
         }
-        // A retry avoids a socket with a query overdue: it is about to be retired.
-        let usable = |s: &Arc<Socket>| {
-            s.outstanding() < MAX_OUTSTANDING_PER_SOCKET && !(retry && s.overdue(now))
-        };
-        if retry
-            && let Some(s) = slots
-                .sockets
-                .iter()
-                .flatten()
-                .filter(|s| usable(s))
-                .filter_map(|s| s.answered_at().map(|at| (at, s)))
-                .max_by_key(|(at, _)| *at)
-                .map(|(_, s)| Arc::clone(s))
-        {
-            s.uses.fetch_add(1, Ordering::Relaxed);
-            return Ok((s, true));
+        if retry {
+            return self.checkout_retry(&mut slots, now);
         }
+        let usable = |s: &Arc<Socket>| s.outstanding() < MAX_OUTSTANDING_PER_SOCKET;
         for _ in 0..n {
             let i = slots.next % n;
             slots.next = slots.next.wrapping_add(1);
@@ -260,9 +250,67 @@ impl Sockets {
                 }
             }
         }
-        // Every socket holds its maximum (or, for a retry, is about to be retired): this
-        // query gets one of its own.
+        // Every socket holds its maximum: this query gets one of its own.
         Ok((self.open()?, false))
+    }
+
+    /// A socket for a retry, where a live endpoint is likeliest. In order: of the sockets
+    /// neither overdue nor gone quiet, the one answered most recently, if that was after
+    /// the latest loss on any of them; else one not yet answered (just opened: a new
+    /// 5-tuple); else a fresh socket in an empty slot, or in place of the socket gone quiet
+    /// that answered longest ago (retired: its queries keep listening); else the one
+    /// answered most recently. Behind a Service IP whose endpoint died, every socket open
+    /// at that moment may lead to it, and a new port is the way to another endpoint.
+    fn checkout_retry(
+        &self,
+        slots: &mut Slots,
+        now: Instant,
+    ) -> Result<(Arc<Socket>, bool), UpstreamError> {
+        let last_loss = *self.last_loss.lock().unwrap_or_else(|e| e.into_inner());
+        let mut answered: Option<(Instant, usize)> = None;
+        let mut fresh = None;
+        let mut quiet: Option<(Option<Instant>, usize)> = None;
+        let mut empty = None;
+        for (i, slot) in slots.sockets.iter().enumerate() {
+            let Some(s) = slot else {
+                empty = empty.or(Some(i));
+                continue;
+            };
+            let state = s.state();
+            if state.outstanding() >= MAX_OUTSTANDING_PER_SOCKET {
+                continue;
+            }
+            if state.overdue(now) || state.quiet(now) {
+                if quiet.is_none_or(|(at, _)| state.answered_at < at) {
+                    quiet = Some((state.answered_at, i));
+                }
+            } else if let Some(at) = state.answered_at {
+                if answered.is_none_or(|(best, _)| at > best) {
+                    answered = Some((at, i));
+                }
+            } else {
+                fresh = Some(i);
+            }
+        }
+        let proven = answered.filter(|(at, _)| last_loss.is_none_or(|loss| *at > loss));
+        let socket = if let Some(i) = proven.map(|(_, i)| i).or(fresh) {
+            slots.sockets[i].clone()
+        } else if let Some(i) = empty.or(quiet.map(|(_, i)| i)) {
+            if let Some(old) = slots.sockets[i].take() {
+                old.retire(Retire::Rotation);
+            }
+            let s = self.open()?;
+            slots.sockets[i] = Some(Arc::clone(&s));
+            Some(s)
+        } else {
+            answered.and_then(|(_, i)| slots.sockets[i].clone())
+        };
+        // Every socket holds its maximum: a socket of its own.
+        let Some(socket) = socket else {
+            return Ok((self.open()?, false));
+        };
+        socket.uses.fetch_add(1, Ordering::Relaxed);
+        Ok((socket, true))
     }
 
     /// Opens a socket and starts its reader.
@@ -278,6 +326,7 @@ impl Sockets {
             retired: watch::Sender::new(None),
             wake: Notify::new(),
             suspicious_total: Arc::clone(&self.suspicious),
+            last_loss: Arc::clone(&self.last_loss),
         });
         tokio::spawn(read_loop(Arc::clone(&socket)));
         Ok(socket)
@@ -316,6 +365,8 @@ struct Socket {
     /// Wakes the reader to look whether it may end (retired, nothing outstanding).
     wake: Notify,
     suspicious_total: Arc<AtomicU32>,
+    /// See [`Sockets`].
+    last_loss: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The queries outstanding on one socket, and what its datagrams have shown.
@@ -432,6 +483,7 @@ impl State {
         let pending = Pending {
             query: query.clone(),
             exact_case,
+            sent_at: Instant::now(),
             retire_at,
             reply,
         };
@@ -465,6 +517,17 @@ impl State {
         self.pending.values().any(|p| p.retire_at <= now)
     }
 
+    /// Whether the socket has gone quiet: a query outstanding for half its wait with
+    /// nothing answered since it was sent (a live endpoint answers in about an RTT, far
+    /// below the attempt timeout's floor).
+    fn quiet(&self, now: Instant) -> bool {
+        self.pending.values().any(|p| {
+            let half = p.retire_at.saturating_duration_since(p.sent_at) / 2;
+            now.saturating_duration_since(p.sent_at) >= half
+                && self.answered_at.is_none_or(|at| at <= p.sent_at)
+        })
+    }
+
     /// Ends the state: nothing more is delivered; returns what was outstanding.
     pub(crate) fn close(&mut self) -> Vec<Pending> {
         self.closed = true;
@@ -477,6 +540,8 @@ pub(crate) struct Pending {
     /// What was sent, to validate the answer against.
     query: Vec<u8>,
     exact_case: bool,
+    /// When it was handed to the socket.
+    sent_at: Instant,
     /// When the query's own wait retires the socket.
     retire_at: Instant,
     reply: oneshot::Sender<Result<Reply, UpstreamError>>,
@@ -505,8 +570,12 @@ impl Socket {
         self.state().answered_at
     }
 
-    fn overdue(&self, now: Instant) -> bool {
-        self.state().overdue(now)
+    /// A query sent at `sent_at` was lost here (see [`Sockets`]'s `last_loss`).
+    fn lost(&self, sent_at: Instant) {
+        let mut last = self.last_loss.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at < sent_at) {
+            *last = Some(sent_at);
+        }
     }
 
     /// No new query goes to this socket; it closes once nothing is outstanding.
@@ -634,6 +703,9 @@ impl Ticket {
                         .socket
                         .answered_at()
                         .is_none_or(|at| at <= self.sent_at);
+                    if silent {
+                        self.socket.lost(self.sent_at);
+                    }
                     self.socket
                         .retire(if silent { Retire::Timeout } else { Retire::Rotation });
                 }

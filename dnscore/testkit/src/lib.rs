@@ -118,12 +118,19 @@ pub enum Behavior {
     Delay(Duration),
     /// Never answer.
     Drop,
-    /// Over UDP, never answer a client whose source port is a multiple of this (at least
-    /// 2); answer the others, and TCP, from the zone. A resolver on random ports then loses
-    /// about one attempt in that many, always the same 5-tuples: a Service IP whose DNAT
-    /// has pinned some conntrack entries to an endpoint that is gone (the stale window
-    /// after a CoreDNS pod dies), while a port that was answered stays answered.
+    /// Over UDP, never answer a client on the first of every this many (at least 2)
+    /// source ports, in the order the server first saw them (the 1st, 4th, 7th... for 3,
+    /// counting from the server's start); answer the others, and TCP, from the zone.
+    /// A resolver then loses the attempts of one socket in that many, always the same
+    /// 5-tuples: a Service IP whose DNAT has pinned some conntrack entries to an endpoint
+    /// that is gone (the stale window after a CoreDNS pod dies). The choice does not
+    /// depend on the ports the kernel hands out, so a test sees the same dead sockets
+    /// every run (for every socket dead at once, see [`Behavior::DropPorts`]).
     DropOneIn(u16),
+    /// Over UDP, never answer a client on one of these source ports; answer the others,
+    /// and TCP, from the zone: the sockets a resolver had open when the endpoint their
+    /// conntrack entries lead to died (with [`TestUpstream::source_ports`]).
+    DropPorts(Vec<u16>),
     /// Answer SERVFAIL.
     ServFail,
     /// Answer REFUSED.
@@ -420,6 +427,8 @@ struct Inner {
     zone: Mutex<HashMap<Name, Vec<Record>>>,
     counters: Mutex<HashMap<(Name, Proto), usize>>,
     source_ports: Mutex<HashSet<u16>>,
+    /// Each UDP source port seen, with the number of ports seen before it (never reset).
+    port_ranks: Mutex<HashMap<u16, usize>>,
     total: AtomicUsize,
     tcp_connections: AtomicUsize,
     last_query: Mutex<Option<Message>>,
@@ -549,6 +558,7 @@ impl Inner {
             zone: Mutex::new(zone),
             counters: Mutex::new(HashMap::new()),
             source_ports: Mutex::new(HashSet::new()),
+            port_ranks: Mutex::new(HashMap::new()),
             total: AtomicUsize::new(0),
             tcp_connections: AtomicUsize::new(0),
             last_query: Mutex::new(None),
@@ -830,6 +840,9 @@ enum Reply {
     Udp {
         sock: Arc<UdpSocket>,
         peer: SocketAddr,
+        /// How many distinct source ports the server had seen before this one's first
+        /// datagram.
+        rank: usize,
     },
     Tcp {
         /// Frames (length prefix included) for the connection's writer task.
@@ -851,7 +864,7 @@ impl Reply {
             return;
         }
         match self {
-            Self::Udp { sock, peer } => {
+            Self::Udp { sock, peer, .. } => {
                 if let Err(e) = sock.send_to(bytes, *peer).await {
                     debug!(%peer, error = %e, "UDP send failed");
                 }
@@ -867,6 +880,14 @@ impl Reply {
                 // An error means the connection is gone: nothing to do.
                 let _ = tx.send(frame);
             }
+        }
+    }
+
+    /// The client's source port, and its rank (see [`Reply::Udp`]), over UDP.
+    fn udp_port(&self) -> Option<(u16, usize)> {
+        match self {
+            Self::Udp { peer, rank, .. } => Some((peer.port(), *rank)),
+            Self::Tcp { .. } => None,
         }
     }
 
@@ -920,9 +941,16 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
         }
         Behavior::Drop => {}
         Behavior::DropOneIn(n) => {
-            let dead =
-                matches!(&reply, Reply::Udp { peer, .. } if peer.port().is_multiple_of(n.max(2)));
+            let dead = reply
+                .udp_port()
+                .is_some_and(|(_, rank)| rank.is_multiple_of(usize::from(n.max(2))));
             if !dead {
+                let resp = inner.answer(&query);
+                reply.send_message(&inner, &query, &resp).await;
+            }
+        }
+        Behavior::DropPorts(ports) => {
+            if !reply.udp_port().is_some_and(|(p, _)| ports.contains(&p)) {
                 let resp = inner.answer(&query);
                 reply.send_message(&inner, &query, &resp).await;
             }
@@ -966,9 +994,15 @@ async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
                     continue;
                 };
                 lock(&inner.source_ports).insert(peer.port());
+                let rank = {
+                    let mut ranks = lock(&inner.port_ranks);
+                    let next = ranks.len();
+                    *ranks.entry(peer.port()).or_insert(next)
+                };
                 let reply = Reply::Udp {
                     sock: Arc::clone(&sock),
                     peer,
+                    rank,
                 };
                 tokio::spawn(respond(Arc::clone(&inner), query, behavior, reply));
             }
