@@ -1,6 +1,8 @@
 //! Memory per cached entry: fills the cache with 100,000 distinct positive answers (one A
 //! record each, from the test upstream on loopback) and reports the heap bytes the
-//! resolver's thread kept, per entry.
+//! resolver's thread kept, per entry; then again from an upstream that adds to each answer
+//! what a non-minimal server does (the zone's NS set and its glue) and junk (an out-of-zone
+//! A record, an unrelated TXT), which the scrubber drops or keeps out of stub answers.
 //!
 //! How: a counting global allocator adds every allocation and subtracts every free made on
 //! the thread marked for counting. The resolver runs on a current-thread runtime on that
@@ -18,8 +20,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use dnscore::Resolver;
-use dnscore::proto::rr::{RData, RecordType, rdata::A};
-use dnscore_testkit::TestUpstream;
+use dnscore::proto::rr::rdata::{A, AAAA, NS, TXT};
+use dnscore::proto::rr::{Name, RData, Record, RecordType};
+use dnscore_testkit::{Behavior, TestUpstream};
 
 /// Counts the bytes allocated minus freed on threads that set [`COUNTING`].
 struct Counting;
@@ -77,6 +80,32 @@ fn rss_bytes() -> Option<usize> {
     Some(pages * 4096)
 }
 
+/// What a non-minimal upstream adds to every answer: the zone's NS set and glue, and junk.
+fn non_minimal() -> Behavior {
+    let name = |n: &str| Name::from_ascii(n).unwrap();
+    let rr = |owner: &str, data: RData| Record::from_rdata(name(owner), 3600, data);
+    Behavior::Extra {
+        answers: vec![],
+        authority: vec![
+            rr("mem.test.", RData::NS(NS(name("ns1.mem.test.")))),
+            rr("mem.test.", RData::NS(NS(name("ns2.mem.test.")))),
+            rr(
+                "other.test.",
+                RData::TXT(TXT::new(vec!["unrelated".into()])),
+            ),
+        ],
+        additional: vec![
+            rr("ns1.mem.test.", RData::A(A::new(192, 0, 2, 53))),
+            rr("ns2.mem.test.", RData::A(A::new(192, 0, 2, 54))),
+            rr(
+                "ns1.mem.test.",
+                RData::AAAA(AAAA::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 53)),
+            ),
+            rr("ns.example.", RData::A(A::new(6, 6, 6, 6))),
+        ],
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not: then a quick smoke run.
     let entries: usize = if std::env::args().any(|a| a == "--bench") {
@@ -84,6 +113,12 @@ fn main() {
     } else {
         1_000
     };
+    fill(entries, "a minimal upstream", None);
+    fill(entries, "a non-minimal upstream", Some(non_minimal()));
+}
+
+/// Fills a fresh resolver's cache with `entries` answers from an upstream with `behavior`.
+fn fill(entries: usize, upstream_kind: &str, behavior: Option<Behavior>) {
     let name = |i: usize| format!("h{i}.mem.test.");
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -92,6 +127,9 @@ fn main() {
         .build()
         .unwrap();
     let upstream = server_rt.block_on(TestUpstream::start()).unwrap();
+    if let Some(behavior) = behavior {
+        upstream.set_default_behavior(behavior);
+    }
     for i in 0..entries {
         let ip = A::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8);
         upstream.add_record(&name(i), RData::A(ip), 3600);
@@ -140,7 +178,8 @@ fn main() {
         "only {cached} of {entries} answers were cached"
     );
     let per_entry = (kept - empty) as f64 / cached as f64;
-    println!("memory: {cached} cached answers of {answer_len} bytes on the wire each");
+    println!("memory, from {upstream_kind}:");
+    println!("memory: {cached} cached answers; a stub gets {answer_len} bytes for each");
     println!("memory: resolver with an empty cache: {empty} bytes");
     println!("memory: heap kept per cached entry: {per_entry:.0} bytes (counting allocator)");
     if let (Some(a), Some(b)) = (rss_before, rss_after) {

@@ -58,6 +58,10 @@ pub(crate) struct Answer {
     bytes: Box<[u8]>,
     /// Where each record's TTL field is in `bytes`.
     ttl_offsets: Box<[u16]>,
+    /// The minimal response (answer section, and the authority section's records but an
+    /// NS set) as a prefix of `bytes`: where it ends, and its authority count; `None` when
+    /// it is the whole answer.
+    minimal: Option<(u16, u16)>,
     /// Full response code, extended bits included.
     pub(crate) rcode: u16,
     pub(crate) facts: Facts,
@@ -121,6 +125,10 @@ impl Answer {
         let mut end = question_end;
         let mut ext_rcode = 0u16;
         let mut arcount = 0u16;
+        let mut nscount = 0u16;
+        // Where the authority section's NS set begins (and the records before it), where
+        // the additional section begins, and whether other records follow the NS set.
+        let (mut ns_from, mut additional_from, mut mixed) = (None, None, false);
         let sections = [header.ancount, header.nscount, header.arcount];
         'sections: for (section, &count) in sections.iter().enumerate() {
             for _ in 0..count {
@@ -149,11 +157,24 @@ impl Answer {
                             facts.has_qtype = true;
                         }
                     }
-                    1 if rr.rtype == rtype::SOA => {
-                        facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
+                    1 => {
+                        if rr.rtype == rtype::SOA {
+                            facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
+                        }
+                        let ns_related = rr.rtype == rtype::NS
+                            || (rr.rtype == rtype::RRSIG
+                                && crate::wire::u16_at(resp, rr.rdata) == Ok(rtype::NS));
+                        if ns_related {
+                            ns_from = ns_from.or(Some((rr.start, nscount)));
+                        } else if ns_from.is_some() {
+                            mixed = true;
+                        }
+                        nscount += 1;
                     }
-                    2 => arcount += 1,
-                    _ => {}
+                    _ => {
+                        additional_from = additional_from.or(Some(rr.start));
+                        arcount += 1;
+                    }
                 }
                 let offset = u16::try_from(rr.ttl_pos).map_err(|_| ResponseError::Malformed)?;
                 ttl_offsets.push(offset);
@@ -163,9 +184,20 @@ impl Answer {
 
         let mut bytes: Box<[u8]> = resp[..end].into();
         set_u16(&mut bytes, 10, arcount);
+        let minimal = match (mixed, ns_from, additional_from) {
+            (true, _, _) => None,
+            (false, Some((at, ns)), _) => Some((at, ns)),
+            (false, None, Some(at)) => Some((at, nscount)),
+            (false, None, None) => None,
+        };
+        let minimal = minimal
+            .map(|(at, ns)| u16::try_from(at).map(|at| (at, ns)))
+            .transpose()
+            .map_err(|_| ResponseError::Malformed)?;
         Ok(Self {
             bytes,
             ttl_offsets: ttl_offsets.into_boxed_slice(),
+            minimal,
             rcode: ext_rcode | (header.flags & flag::RCODE),
             facts,
             received,
@@ -173,6 +205,40 @@ impl Answer {
             prefetched: AtomicBool::new(false),
             refresh_failed: AtomicU64::new(0),
         })
+    }
+
+    /// Keeps only what belongs to the question, with at most `max_rrsigs` RRSIGs per RRset
+    /// (see `scrub`), and with `minimal_responses` serves clients that ask with RD the
+    /// answer without the authority NS set and glue. Once, before the answer is cached.
+    pub(crate) fn scrub(&mut self, max_rrsigs: usize, minimal_responses: bool) {
+        match crate::scrub::scrub(&self.bytes, max_rrsigs) {
+            Ok(Some(clean)) => {
+                let question_end = crate::wire::skip_name(&clean, HEADER_LEN).map(|e| e + 4);
+                let parsed = question_end
+                    .map_err(ResponseError::from)
+                    .and_then(|end| Self::parse(&clean[..end], &clean, self.received));
+                match parsed {
+                    Ok(clean) => {
+                        let rcode = self.rcode;
+                        *self = clean;
+                        self.rcode = rcode;
+                    }
+                    // Not reached: the rewrite is of a validated answer. Served, not cached.
+                    Err(why) => {
+                        tracing::warn!(?why, "a scrubbed answer did not parse: not cached");
+                        self.facts = Facts::default();
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                tracing::warn!("an answer could not be scrubbed: not cached");
+                self.facts = Facts::default();
+            }
+        }
+        if !minimal_responses {
+            self.minimal = None;
+        }
     }
 
     /// The upstream's header flags.
@@ -189,6 +255,12 @@ impl Answer {
     /// upstream failure.
     pub(crate) fn is_answer(&self) -> bool {
         matches!(self.rcode, rcode::NOERROR | rcode::NXDOMAIN)
+    }
+
+    /// The stored answer (for the fuzz targets' checks).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn wire(&self) -> &[u8] {
+        &self.bytes
     }
 
     /// Size of the stored answer in bytes.
@@ -290,25 +362,38 @@ impl Answer {
             (Some(_), true) => 17,
         };
 
+        // A client asking with RD gets the minimal response, if shorter.
+        let (body, counts) = match self.minimal.filter(|_| qflags & flag::RD != 0) {
+            Some((end, ns)) => (
+                &self.bytes[..usize::from(end)],
+                [u16::from_be_bytes([self.bytes[6], self.bytes[7]]), ns, 0],
+            ),
+            None => (
+                &self.bytes[..],
+                [
+                    u16::from_be_bytes([self.bytes[6], self.bytes[7]]),
+                    u16::from_be_bytes([self.bytes[8], self.bytes[9]]),
+                    u16::from_be_bytes([self.bytes[10], self.bytes[11]]),
+                ],
+            ),
+        };
         out.clear();
-        if self.bytes.len() + extra > limit {
+        if body.len() + extra > limit {
             flags |= flag::TC;
             write_header(out, query, flags, [0, 0, 0]);
             out.extend_from_slice(query.question());
         } else {
-            out.reserve(self.bytes.len() + extra);
-            let counts = [
-                u16::from_be_bytes([self.bytes[6], self.bytes[7]]),
-                u16::from_be_bytes([self.bytes[8], self.bytes[9]]),
-                u16::from_be_bytes([self.bytes[10], self.bytes[11]]),
-            ];
+            out.reserve(body.len() + extra);
             write_header(out, query, flags, counts);
             out.extend_from_slice(query.question());
             // The stored question is the same name in another letter case: same length, so
             // every offset into the records (TTLs, compression pointers) still holds.
-            out.extend_from_slice(&self.bytes[question_end..]);
+            out.extend_from_slice(&body[question_end..]);
             for &off in self.ttl_offsets.iter() {
                 let pos = usize::from(off);
+                if pos >= body.len() {
+                    break;
+                }
                 let ttl = u32::from_be_bytes([out[pos], out[pos + 1], out[pos + 2], out[pos + 3]]);
                 let ttl = if stale {
                     STALE_TTL

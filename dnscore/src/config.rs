@@ -93,6 +93,8 @@ pub struct ResolverBuilder {
     pub(crate) max_stale: Duration,
     pub(crate) failure_ttl: Duration,
     pub(crate) prefetch: bool,
+    pub(crate) minimal_responses: bool,
+    pub(crate) max_rrsigs: usize,
     pub(crate) max_in_flight: usize,
     pub(crate) max_waiters: usize,
     pub(crate) tcp_connections: usize,
@@ -124,6 +126,8 @@ impl Default for ResolverBuilder {
             max_stale: DEFAULT_MAX_STALE,
             failure_ttl: DEFAULT_FAILURE_TTL,
             prefetch: true,
+            minimal_responses: true,
+            max_rrsigs: crate::scrub::DEFAULT_MAX_RRSIGS,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             max_waiters: DEFAULT_MAX_WAITERS,
             tcp_connections: DEFAULT_TCP_CONNECTIONS,
@@ -284,6 +288,24 @@ impl ResolverBuilder {
         self
     }
 
+    /// Whether clients asking with RD (stub resolvers) get minimal responses (default
+    /// true; Unbound's `minimal-responses`, CoreDNS's `minimal`): the answer section, and
+    /// the authority section's SOA and DNSSEC proofs, without the authority NS set and the
+    /// additional glue, which stubs never read and which make answers larger (more TC=1 and
+    /// TCP retries). A client asking without RD gets them.
+    pub fn minimal_responses(mut self, enabled: bool) -> Self {
+        self.minimal_responses = enabled;
+        self
+    }
+
+    /// RRSIGs kept per RRset of an upstream answer (default 8, as Unbound): the rest are
+    /// dropped before the answer is cached, so that a signature flood is not passed on to
+    /// every validating client.
+    pub fn max_rrsigs(mut self, max: usize) -> Self {
+        self.max_rrsigs = max;
+        self
+    }
+
     /// Whether an entry asked for in the last tenth of its TTL is refreshed in the
     /// background, once (default true), so that popular names never miss.
     pub fn prefetch(mut self, enabled: bool) -> Self {
@@ -426,6 +448,8 @@ impl ResolverBuilder {
                 stale_answer_timeout: self.stale_answer_timeout,
                 stale_refresh_window: STALE_REFRESH_WINDOW,
                 prefetch: self.prefetch,
+                minimal_responses: self.minimal_responses,
+                max_rrsigs: self.max_rrsigs,
             },
         })))
     }

@@ -88,9 +88,16 @@
 //!   datagrams (its queries go over TCP), and after 4096 queries or a minute. A retry goes
 //!   from the socket answered most recently, if that was since the latest query lost on
 //!   any of them and none of its queries is overdue or long unanswered; else from a new
-//!   port. An answer to a query
-//!   given up moments ago is late, not forged, and does not count toward a burst.
+//!   port. An answer to a query given up moments ago is late, not forged, and does not
+//!   count toward a burst.
 //!   `upstream_sockets(0)` opens a fresh socket per attempt instead.
+//! - Only what belongs to the question is cached and passed on (once, before an answer is
+//!   cached; Unbound's scrubber is the model): the answer section keeps the question's name
+//!   and its CNAME chain, the authority section one SOA and one NS set above that name and
+//!   the DNSSEC proofs of their zone, the additional section the glue of kept NS, MX and SRV
+//!   records; at most 8 RRSIGs per RRset (`max_rrsigs`). Clients asking with RD (stub
+//!   resolvers) get minimal responses, without the authority NS set and glue
+//!   (`minimal_responses`).
 //! - Serve-stale (RFC 8767): when no upstream answers within 1.8 s, an answer expired less
 //!   than a day ago is served with TTL 30 and an Extended DNS Error "Stale Answer"; after a
 //!   failed refresh it is served at once for 30 s. Entries asked for in the last tenth of
@@ -143,6 +150,7 @@ mod lookup;
 pub mod message;
 mod query;
 mod resolver;
+mod scrub;
 mod service;
 pub mod settings;
 mod stats;

@@ -156,6 +156,10 @@ pub(crate) struct Serving {
     pub(crate) stale_refresh_window: Duration,
     /// Refresh entries asked for in the last tenth of their TTL.
     pub(crate) prefetch: bool,
+    /// Serve clients asking with RD without the authority NS set and glue.
+    pub(crate) minimal_responses: bool,
+    /// RRSIGs kept per RRset of an upstream answer.
+    pub(crate) max_rrsigs: usize,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -374,6 +378,8 @@ impl Resolver {
         let flight = move |key: Arc<[u8]>| async move {
             match inner.pool.query(&key).await {
                 Ok((mut answer, from)) => {
+                    let serving = &inner.serving;
+                    answer.scrub(serving.max_rrsigs, serving.minimal_responses);
                     inner.cache.policy().apply(&mut answer);
                     let answer = Arc::new(answer);
                     inner.cache.insert(&key, &answer);

@@ -338,6 +338,8 @@ settings! {
     "max-stale" => max_stale: duration Duration, "How long past its TTL an answer may be served stale (0: never)";
     "failure-ttl" => failure_ttl: duration Duration, "How long a question that failed everywhere is answered SERVFAIL without asking (0: not at all)";
     "prefetch" => prefetch: flag Flag, "Refresh an entry asked for in the last tenth of its TTL, in the background";
+    "minimal-responses" => minimal_responses: flag Flag, "Answer clients asking with RD without the authority NS set and glue";
+    "max-rrsigs" => max_rrsigs: count Count, "RRSIGs kept per RRset of an upstream answer; the rest are dropped";
     "max-in-flight" => max_in_flight: count Count, "Distinct upstream queries in flight at most; past it, SERVFAIL at once";
     "max-waiters" => max_waiters: count Count, "Callers waiting on one upstream query at most; past it, SERVFAIL at once";
 }

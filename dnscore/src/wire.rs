@@ -17,8 +17,20 @@ pub(crate) const MAX_TTL: u32 = i32::MAX as u32;
 
 /// Record types the hot path needs to recognise.
 pub(crate) mod rtype {
+    pub(crate) const A: u16 = 1;
+    pub(crate) const NS: u16 = 2;
+    pub(crate) const CNAME: u16 = 5;
     pub(crate) const SOA: u16 = 6;
+    pub(crate) const MX: u16 = 15;
+    pub(crate) const AAAA: u16 = 28;
+    pub(crate) const SRV: u16 = 33;
+    pub(crate) const KX: u16 = 36;
+    pub(crate) const DNAME: u16 = 39;
     pub(crate) const OPT: u16 = 41;
+    pub(crate) const DS: u16 = 43;
+    pub(crate) const RRSIG: u16 = 46;
+    pub(crate) const NSEC: u16 = 47;
+    pub(crate) const NSEC3: u16 = 50;
     /// Transaction key and signature (RFC 2930, RFC 8945): meta-records of one exchange.
     pub(crate) const TKEY: u16 = 249;
     pub(crate) const TSIG: u16 = 250;
@@ -269,8 +281,37 @@ pub(crate) fn check_rdata_names(
     rr: &Record,
     starts: &mut NameStarts,
 ) -> Result<(), Malformed> {
-    // (fixed bytes before the names, names, fixed bytes after them; None: any)
-    let (prefix, names, suffix) = match rr.rtype {
+    let Some((prefix, names, suffix)) = rdata_layout(msg, rr)? else {
+        return Ok(());
+    };
+    let mut pos = rr.rdata + prefix;
+    for _ in 0..names {
+        if pos >= rr.end {
+            return Err(Malformed);
+        }
+        pos = skip_name_tracked(msg, pos, starts)?;
+    }
+    match suffix {
+        Some(fixed) if pos + fixed != rr.end => Err(Malformed),
+        None if pos > rr.end => Err(Malformed),
+        _ => Ok(()),
+    }
+}
+
+/// Where the names are in the RDATA of a record whose type holds names (those of
+/// [`check_rdata_names`]): the fixed bytes before them and how many there are; `None` for
+/// other types.
+pub(crate) fn rdata_names(msg: &[u8], rr: &Record) -> Result<Option<(usize, usize)>, Malformed> {
+    Ok(rdata_layout(msg, rr)?.map(|(prefix, names, _)| (prefix, names)))
+}
+
+/// (fixed bytes before the names, names, fixed bytes after them; None: any), or `None`
+/// for a type without names.
+fn rdata_layout(
+    msg: &[u8],
+    rr: &Record,
+) -> Result<Option<(usize, usize, Option<usize>)>, Malformed> {
+    Ok(Some(match rr.rtype {
         // NS, MD, MF, CNAME, MB, MG, MR, PTR, DNAME
         2 | 3 | 4 | 5 | 7 | 8 | 9 | 12 | 39 => (0, 1, Some(0)),
         // SOA: two names, then serial, refresh, retry, expire, minimum
@@ -292,20 +333,78 @@ pub(crate) fn check_rdata_names(
         47 => (0, 1, None),
         // NAPTR: order, preference, three character-strings, the replacement name
         35 => (naptr_prefix(msg, rr)?, 1, Some(0)),
-        _ => return Ok(()),
-    };
-    let mut pos = rr.rdata + prefix;
-    for _ in 0..names {
-        if pos >= rr.end {
-            return Err(Malformed);
+        _ => return Ok(None),
+    }))
+}
+
+/// The label of the name at `pos` (pointers followed) and where the next one is; `None`
+/// at the root. `hops` bounds the pointers followed.
+fn next_label<'m>(
+    msg: &'m [u8],
+    mut pos: usize,
+    hops: &mut usize,
+) -> Result<Option<(&'m [u8], usize)>, Malformed> {
+    loop {
+        let b = *msg.get(pos).ok_or(Malformed)?;
+        match b & 0xc0 {
+            0x00 if b == 0 => return Ok(None),
+            0x00 => {
+                let end = pos + 1 + usize::from(b);
+                return Ok(Some((msg.get(pos + 1..end).ok_or(Malformed)?, end)));
+            }
+            0xc0 => {
+                *hops += 1;
+                if *hops > MAX_NAME_LEN / 2 {
+                    return Err(Malformed);
+                }
+                pos = usize::from(u16_at(msg, pos)? & 0x3fff);
+            }
+            _ => return Err(Malformed),
         }
-        pos = skip_name_tracked(msg, pos, starts)?;
     }
-    match suffix {
-        Some(fixed) if pos + fixed != rr.end => Err(Malformed),
-        None if pos > rr.end => Err(Malformed),
-        _ => Ok(()),
+}
+
+/// The labels of the name at `pos`, first to last.
+pub(crate) fn labels(msg: &[u8], mut pos: usize) -> Result<Vec<&[u8]>, Malformed> {
+    let (mut out, mut hops) = (Vec::new(), 0);
+    while let Some((label, next)) = next_label(msg, pos, &mut hops)? {
+        out.push(label);
+        pos = next;
     }
+    Ok(out)
+}
+
+/// Whether the names at `a` and `b` are the same, ignoring ASCII case (false if either is
+/// malformed).
+pub(crate) fn name_eq(msg: &[u8], mut a: usize, mut b: usize) -> bool {
+    let (mut hops_a, mut hops_b) = (0, 0);
+    loop {
+        if a == b {
+            return true;
+        }
+        match (
+            next_label(msg, a, &mut hops_a),
+            next_label(msg, b, &mut hops_b),
+        ) {
+            (Ok(None), Ok(None)) => return true,
+            (Ok(Some((la, na))), Ok(Some((lb, nb)))) if la.eq_ignore_ascii_case(lb) => {
+                (a, b) = (na, nb);
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Whether the name at `child` is the name at `parent` or below it, ignoring ASCII case.
+pub(crate) fn name_is_under(msg: &[u8], child: usize, parent: usize) -> bool {
+    let (Ok(child), Ok(parent)) = (labels(msg, child), labels(msg, parent)) else {
+        return false;
+    };
+    child.len() >= parent.len()
+        && child[child.len() - parent.len()..]
+            .iter()
+            .zip(&parent)
+            .all(|(c, p)| c.eq_ignore_ascii_case(p))
 }
 
 /// The bytes of a NAPTR record's RDATA before its replacement name: order and preference,

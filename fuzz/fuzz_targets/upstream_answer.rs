@@ -5,7 +5,9 @@
 //! Checked for an accepted answer: the client's bytes parse (hickory; when it parses the
 //! upstream's), echo the client's ID and question; the cache lifetime is 0 unless the
 //! upstream said NOERROR or NXDOMAIN without TC; no served TTL exceeds a non-zero lifetime;
-//! every TTL is at most 2^31-1 (RFC 2181 §8).
+//! every TTL is at most 2^31-1 (RFC 2181 §8); the answer section holds only the question's
+//! name and its CNAME chain (and DNAMEs above it), and at most 8 RRSIGs per RRset (the
+//! scrubber, which also checks that what it kept has nothing left to drop).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -13,6 +15,7 @@ use std::sync::OnceLock;
 use dnscore::fuzzing::upstream_answer;
 use dnscore_fuzz::{HEADER_LEN, answer_target_queries, check_client_answer, flags_of, id_of};
 use hickory_proto::op::Message;
+use hickory_proto::rr::{RData, RecordType};
 use libfuzzer_sys::fuzz_target;
 
 const TC: u16 = 0x0200;
@@ -66,6 +69,31 @@ fuzz_target!(|data: &[u8]| {
         (q.query_type(), q.query_class()),
         (a.query_type(), a.query_class())
     );
+
+    let mut chain = vec![q.name().clone()];
+    let mut sigs = Vec::new();
+    for record in &answer.answers {
+        match record.record_type() {
+            RecordType::DNAME => continue,
+            RecordType::RRSIG => sigs.push(record.name.clone()),
+            _ => {}
+        }
+        assert!(
+            chain.contains(&record.name),
+            "answer record of {} off the question's chain {chain:?}",
+            record.name
+        );
+        if let RData::CNAME(target) = &record.data {
+            chain.push(target.0.clone());
+        }
+    }
+    for name in &sigs {
+        // Per owner: at most 8 per RRset, and an owner has a few types at most here.
+        assert!(
+            sigs.iter().filter(|n| *n == name).count() <= 8 * 4,
+            "RRSIGs at {name} not capped"
+        );
+    }
 
     let upstream_flags = flags_of(response);
     let rcode = upstream_flags & RCODE;

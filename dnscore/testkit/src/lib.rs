@@ -131,6 +131,17 @@ pub enum Behavior {
     /// and TCP, from the zone: the sockets a resolver had open when the endpoint their
     /// conntrack entries lead to died (with [`TestUpstream::source_ports`]).
     DropPorts(Vec<u16>),
+    /// Answer from the zone, with these records added to the answer, authority and
+    /// additional sections (a server that passes on whatever it holds: out-of-zone records,
+    /// unrelated ones, floods of signatures).
+    Extra {
+        /// Added to the answer section.
+        answers: Vec<Record>,
+        /// Added to the authority section.
+        authority: Vec<Record>,
+        /// Added to the additional section.
+        additional: Vec<Record>,
+    },
     /// Answer SERVFAIL.
     ServFail,
     /// Answer REFUSED.
@@ -912,6 +923,17 @@ async fn respond(inner: Arc<Inner>, query: Message, behavior: Behavior, reply: R
     match behavior {
         Behavior::Normal => {
             let resp = inner.answer(&query);
+            reply.send_message(&inner, &query, &resp).await;
+        }
+        Behavior::Extra {
+            answers,
+            authority,
+            additional,
+        } => {
+            let mut resp = inner.answer(&query);
+            resp.add_answers(answers);
+            resp.add_authorities(authority);
+            resp.add_additionals(additional);
             reply.send_message(&inner, &query, &resp).await;
         }
         Behavior::LowercaseQuestion => {
