@@ -48,7 +48,10 @@ pub(crate) fn scrub(msg: &[u8], max_rrsigs: usize) -> Result<Option<Vec<u8>>, Ma
     let header = Header::read(msg)?;
     let question_end = skip_name(msg, HEADER_LEN)? + 4;
     let qtype = u16_at(msg, question_end - 4)?;
-    if header.nscount == 0 && header.arcount == 0 && plain_answer(msg, question_end, qtype)? {
+    if header.arcount == 0
+        && let Some(after) = plain_answer(msg, question_end, qtype)?
+        && (header.nscount == 0 || (header.nscount == 1 && lone_soa(msg, after)?))
+    {
         return Ok(None);
     }
     let mut entries = Vec::new();
@@ -150,18 +153,25 @@ pub(crate) fn scrub(msg: &[u8], max_rrsigs: usize) -> Result<Option<Vec<u8>>, Ma
     rewrite(msg, question_end, &order).map(Some)
 }
 
-/// Whether every record of the answer section is of the asked type at the question's name
-/// (most answers): nothing to scrub, found without allocating.
-fn plain_answer(msg: &[u8], question_end: usize, qtype: u16) -> Result<bool, Malformed> {
+/// Where the answer section ends, if every record in it is of the asked type at the
+/// question's name (most answers, and negative ones): found without allocating.
+fn plain_answer(msg: &[u8], question_end: usize, qtype: u16) -> Result<Option<usize>, Malformed> {
     let mut pos = question_end;
     for _ in 0..u16_at(msg, 6)? {
         let rr = read_record(msg, pos)?;
         if rr.rtype != qtype || !name_eq(msg, rr.start, HEADER_LEN) {
-            return Ok(false);
+            return Ok(None);
         }
         pos = rr.end;
     }
-    Ok(true)
+    Ok(Some(pos))
+}
+
+/// Whether the record at `pos` is an SOA at or above the question's name (the authority
+/// section of most negative answers).
+fn lone_soa(msg: &[u8], pos: usize) -> Result<bool, Malformed> {
+    let rr = read_record(msg, pos)?;
+    Ok(rr.rtype == rtype::SOA && name_is_under(msg, HEADER_LEN, rr.start))
 }
 
 /// The name in `rr`'s data that additional records may be glue for (NS, MX, SRV, KX).

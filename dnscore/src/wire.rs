@@ -397,14 +397,25 @@ pub(crate) fn name_eq(msg: &[u8], mut a: usize, mut b: usize) -> bool {
 
 /// Whether the name at `child` is the name at `parent` or below it, ignoring ASCII case.
 pub(crate) fn name_is_under(msg: &[u8], child: usize, parent: usize) -> bool {
-    let (Ok(child), Ok(parent)) = (labels(msg, child), labels(msg, parent)) else {
+    let count = |mut pos: usize| -> Option<usize> {
+        let (mut n, mut hops) = (0, 0);
+        while let Some((_, next)) = next_label(msg, pos, &mut hops).ok()? {
+            (n, pos) = (n + 1, next);
+        }
+        Some(n)
+    };
+    let (Some(below), Some(above)) = (count(child), count(parent)) else {
         return false;
     };
-    child.len() >= parent.len()
-        && child[child.len() - parent.len()..]
-            .iter()
-            .zip(&parent)
-            .all(|(c, p)| c.eq_ignore_ascii_case(p))
+    // Skip the child's labels that the parent does not have, then compare the rest.
+    let (mut pos, mut hops) = (child, 0);
+    for _ in 0..below.saturating_sub(above) {
+        match next_label(msg, pos, &mut hops) {
+            Ok(Some((_, next))) => pos = next,
+            _ => return false,
+        }
+    }
+    below >= above && name_eq(msg, pos, parent)
 }
 
 /// The bytes of a NAPTR record's RDATA before its replacement name: order and preference,
@@ -547,6 +558,26 @@ pub(crate) fn randomize_case(msg: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_compare_across_pointers_and_case() {
+        // header, then "a.Test." at 12, "b" + pointer to "Test." at 21, "test." at 25.
+        let mut msg = vec![0u8; 12];
+        msg.extend_from_slice(b"\x01a\x04Test\x00");
+        msg.extend_from_slice(b"\x01b\xc0\x0e");
+        msg.extend_from_slice(b"\x04test\x00");
+        let (a_test, b_test, test, test_at_14) = (12, 20, 24, 14);
+        assert!(name_eq(&msg, test, test_at_14), "case ignored");
+        assert!(!name_eq(&msg, a_test, b_test));
+        assert!(name_is_under(&msg, b_test, test), "through the pointer");
+        assert!(name_is_under(&msg, a_test, a_test));
+        assert!(
+            !name_is_under(&msg, test, a_test),
+            "the parent is not under its child"
+        );
+        assert!(!name_is_under(&msg, a_test, b_test));
+        assert!(!name_eq(&msg, 200, 12), "out of bounds: not equal");
+    }
 
     #[test]
     fn skip_name_follows_backward_pointers_only() {
