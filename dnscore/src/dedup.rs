@@ -1,9 +1,12 @@
 //! In-flight deduplication: concurrent identical queries share one upstream query.
 //!
-//! The first caller for a key starts a *flight*, a spawned task, so that cancelling that
-//! caller does not cancel the query for the others. Every caller, the first included, waits
-//! on the flight's `watch` channel. The flight leaves the map when it ends (or is dropped
-//! with its runtime, in which case its waiters get [`Error::Shutdown`]).
+//! The first caller for a key starts a *flight* and runs it in its own task (most misses
+//! have no other caller, and a task of the flight's own would cost a spawn and a wake-up
+//! per miss); if that caller is dropped first, the flight is spawned as a task of its own
+//! to finish for the others, so that cancelling one caller never cancels the query. The
+//! other callers wait on the flight's `watch` channel. The flight leaves the map when it
+//! ends (or is dropped with its runtime, in which case its waiters get
+//! [`Error::Shutdown`]).
 //!
 //! Both the number of flights and the number of callers waiting on one flight are bounded
 //! (a DNSBomb-style flood of one slow name must not pile up answers to send at once); past
@@ -12,8 +15,10 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 
@@ -71,15 +76,14 @@ impl Dedup {
         F: FnOnce(Arc<[u8]>) -> Fut,
         Fut: Future<Output = FlightResult> + Send + 'static,
     {
-        let (mut rx, waiters) = {
+        let (role, waiters) = {
             let mut flights = Self::lock(&self.flights);
             if let Some(flight) = flights.get(key) {
                 if flight.waiters.fetch_add(1, Ordering::AcqRel) >= self.max_waiters {
                     flight.waiters.fetch_sub(1, Ordering::AcqRel);
                     return Err(Error::Overloaded);
                 }
-                on_role(Role::Joined);
-                (flight.rx.clone(), Arc::clone(&flight.waiters))
+                (Err(flight.rx.clone()), Arc::clone(&flight.waiters))
             } else {
                 if flights.len() >= self.max_flights {
                     return Err(Error::Overloaded);
@@ -88,7 +92,7 @@ impl Dedup {
                 let (tx, rx) = watch::channel(None);
                 let waiters = Arc::new(AtomicUsize::new(1));
                 let flight = Flight {
-                    rx: rx.clone(),
+                    rx,
                     waiters: Arc::clone(&waiters),
                 };
                 flights.insert(Arc::clone(&key), flight);
@@ -97,26 +101,63 @@ impl Dedup {
                     flights: Arc::clone(&self.flights),
                     key,
                 };
-                tokio::spawn(async move {
+                let flight = Box::pin(async move {
                     let result = work.await;
                     // Leave first: a caller arriving now finds the answer in the cache.
                     drop(leave);
-                    let _ = tx.send(Some(result));
+                    let _ = tx.send(Some(result.clone()));
+                    result
                 });
-                on_role(Role::Started);
-                (rx, waiters)
+                (Ok(flight), waiters)
             }
         };
         let _waiting = Waiting(waiters);
-        match rx.wait_for(Option::is_some).await {
-            Ok(result) => result.clone().unwrap_or(Err(Error::Shutdown)),
-            Err(_) => Err(Error::Shutdown),
+        match role {
+            Ok(flight) => {
+                on_role(Role::Started);
+                Detachable(Some(flight)).await
+            }
+            Err(mut rx) => {
+                on_role(Role::Joined);
+                match rx.wait_for(Option::is_some).await {
+                    Ok(result) => result.clone().unwrap_or(Err(Error::Shutdown)),
+                    Err(_) => Err(Error::Shutdown),
+                }
+            }
         }
     }
 
     /// How many flights are under way.
     pub(crate) fn len(&self) -> usize {
         Self::lock(&self.flights).len()
+    }
+}
+
+/// A flight run by the caller that started it; dropped unfinished (the caller was
+/// cancelled), it is spawned to finish for the others. Without a runtime to spawn on it
+/// is dropped, and the others get [`Error::Shutdown`].
+struct Detachable<F: Future<Output = FlightResult> + Send + 'static>(Option<Pin<Box<F>>>);
+
+impl<F: Future<Output = FlightResult> + Send + 'static> Future for Detachable<F> {
+    type Output = FlightResult;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<FlightResult> {
+        let Some(flight) = self.0.as_mut() else {
+            return Poll::Ready(Err(Error::Shutdown));
+        };
+        let result = std::task::ready!(flight.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(result)
+    }
+}
+
+impl<F: Future<Output = FlightResult> + Send + 'static> Drop for Detachable<F> {
+    fn drop(&mut self) {
+        if let Some(flight) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(flight);
+        }
     }
 }
 
