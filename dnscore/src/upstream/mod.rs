@@ -32,7 +32,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 
 use crate::answer::Answer;
 use crate::error::UpstreamError;
@@ -337,10 +337,11 @@ async fn attempt(
         &stranded,
     );
     tokio::pin!(exchange);
-    let ceiling = sleep(config.attempt_timeout);
-    tokio::pin!(ceiling);
-    let slow = sleep_until(launch.timeout_at);
-    tokio::pin!(slow);
+    // One timer: first the attempt's timeout (it counts as slow), then the ceiling on how
+    // long it outlives its query (a timer each would cost a registration more per miss).
+    let ceiling = started + config.attempt_timeout;
+    let timer = sleep_until(launch.timeout_at.min(ceiling));
+    tokio::pin!(timer);
     let (mut timed_out, mut slowed) = (false, false);
     let result = loop {
         tokio::select! {
@@ -368,13 +369,15 @@ async fn attempt(
                 }
                 break result;
             }
-            () = &mut slow, if !slowed => {
-                slowed = true;
-                health.record_slow(launch.timeout, Instant::now());
-                health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-                probe::failed(&upstream, &config, &peers, false);
-            }
-            () = &mut ceiling, if !timed_out => {
+            () = &mut timer, if !timed_out => {
+                if !slowed {
+                    slowed = true;
+                    health.record_slow(launch.timeout, Instant::now());
+                    health.counters.timeouts.fetch_add(1, Ordering::Relaxed);
+                    probe::failed(&upstream, &config, &peers, false);
+                    timer.as_mut().reset(ceiling);
+                    continue;
+                }
                 timed_out = true;
                 if report.is_closed() {
                     return;
