@@ -9,9 +9,9 @@
 //! it runs each attempt, feeds the race what happens, and sleeps when the race says so.
 //!
 //! Each attempt is UDP first, on one of the upstream's few sticky sockets (`udp`; a retry
-//! goes on a socket answered since the latest loss, or a new one); a truncated answer, or one whose socket saw a
-//! burst of forged datagrams, is asked again over TCP of the same upstream (`tcp`), and a
-//! truncated TCP answer is a failure. Transport failures mark an upstream down after a few
+//! goes on a socket answered since the latest loss, or a new one); a truncated answer, or
+//! one whose socket saw a burst of forged datagrams, is asked again over TCP of the same
+//! upstream (`tcp`), and a truncated TCP answer is a failure. Transport failures mark an upstream down after a few
 //! in a row, which re-drives what is outstanding on it; a probe (`probe`) brings it back.
 //! `select` holds the selection policies; `health` what is known of each upstream.
 
