@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dnscore::message::{rcode, rtype};
 use dnscore::{Cached, Miss, Resolver, Served, Transport};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -44,10 +45,6 @@ use metrics::{Metrics, Protocol, QueryCounters, Waiting};
 
 /// How long in-flight queries may take to finish after shutdown begins.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// The response code sent for ANY queries when they are refused (RFC 1035 NOTIMP).
-const NOTIMP: u16 = 4;
-/// The ANY query type.
-const ANY: u16 = 255;
 
 /// Everything the server needs besides its sockets.
 #[derive(Clone, Debug)]
@@ -96,15 +93,18 @@ impl Context {
             Protocol::Udp => Transport::Udp,
             Protocol::Tcp => Transport::Tcp,
         };
-        let cached =
-            if self.access.refuses_any() && dnscore::message::question_type(query) == Some(ANY) {
-                if !dnscore::message::reply_with_rcode(query, NOTIMP, out) {
-                    return Err(dnscore::Error::Malformed);
-                }
-                Cached::Answered { qtype: Some(ANY) }
-            } else {
-                self.resolver.answer_cached(query, transport, out)?
-            };
+        let cached = if self.access.refuses_any()
+            && dnscore::message::question_type(query) == Some(rtype::ANY)
+        {
+            if !dnscore::message::reply_with_rcode(query, rcode::NOTIMP, out) {
+                return Err(dnscore::Error::Malformed);
+            }
+            Cached::Answered {
+                qtype: Some(rtype::ANY),
+            }
+        } else {
+            self.resolver.answer_cached(query, transport, out)?
+        };
         match cached {
             Cached::Answered { qtype } => {
                 counters.count(protocol, qtype, out);

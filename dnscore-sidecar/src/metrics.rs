@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dnscore::Resolver;
+use dnscore::message::{self, rcode, rtype};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -18,26 +19,49 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-/// Query types with their own label value; the rest count as "other".
-const QTYPES: [(u16, &str); 11] = [
-    (1, "A"),
-    (28, "AAAA"),
-    (5, "CNAME"),
-    (33, "SRV"),
-    (12, "PTR"),
-    (16, "TXT"),
-    (15, "MX"),
-    (2, "NS"),
-    (6, "SOA"),
-    (65, "HTTPS"),
-    (255, "ANY"),
+/// Query types with their own label value (named by `dnscore::message::type_name`); the
+/// rest count as "other".
+const QTYPES: [u16; 11] = [
+    rtype::A,
+    rtype::AAAA,
+    rtype::CNAME,
+    rtype::SRV,
+    rtype::PTR,
+    rtype::TXT,
+    rtype::MX,
+    rtype::NS,
+    rtype::SOA,
+    rtype::HTTPS,
+    rtype::ANY,
 ];
 const OTHER_QTYPE: usize = QTYPES.len();
-/// Response codes with their own label value; the rest count as "other".
-const RCODES: [&str; 6] = [
-    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+/// Response codes 0 to 5 (NOERROR to REFUSED) have their own label value; the rest count as
+/// "other".
+const RCODES: [u16; 6] = [
+    rcode::NOERROR,
+    rcode::FORMERR,
+    rcode::SERVFAIL,
+    rcode::NXDOMAIN,
+    rcode::NOTIMP,
+    rcode::REFUSED,
 ];
 const OTHER_RCODE: usize = RCODES.len();
+
+/// The label value of query type cell `t`.
+fn qtype_label(t: usize) -> &'static str {
+    QTYPES
+        .get(t)
+        .and_then(|&code| message::type_name(code))
+        .unwrap_or("other")
+}
+
+/// The label value of response code cell `r`.
+fn rcode_label(r: usize) -> &'static str {
+    RCODES
+        .get(r)
+        .and_then(|&code| message::rcode_name(code))
+        .unwrap_or("other")
+}
 const PROTOCOLS: [&str; 2] = ["udp", "tcp"];
 const CELLS: usize = PROTOCOLS.len() * (QTYPES.len() + 1) * (RCODES.len() + 1);
 
@@ -101,9 +125,9 @@ impl QueryCounters {
     #[inline]
     pub fn count(&self, protocol: Protocol, qtype: Option<u16>, response: &[u8]) {
         let qtype = qtype
-            .and_then(|t| QTYPES.iter().position(|&(code, _)| code == t))
+            .and_then(|t| QTYPES.iter().position(|&code| code == t))
             .unwrap_or(OTHER_QTYPE);
-        let rcode = dnscore::message::response_code(response)
+        let rcode = message::response_code(response)
             .map_or(OTHER_RCODE, |r| usize::from(r).min(OTHER_RCODE));
         self.cells[cell(protocol as usize, qtype, rcode)].fetch_add(1, Ordering::Relaxed);
     }
@@ -287,15 +311,12 @@ impl Collector for Snapshot {
     }
 }
 
-/// CoreDNS's response code names, by code.
+/// CoreDNS's response code names, by code (`RCODE12` for one without a name).
 pub(crate) fn rcode_name(code: usize) -> String {
-    const NAMES: [&str; 11] = [
-        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
-        "NXRRSET", "NOTAUTH", "NOTZONE",
-    ];
-    NAMES
-        .get(code)
-        .map_or_else(|| format!("RCODE{code}"), |n| (*n).to_string())
+    u16::try_from(code)
+        .ok()
+        .and_then(message::rcode_name)
+        .map_or_else(|| format!("RCODE{code}"), str::to_string)
 }
 
 impl Snapshot {
@@ -330,7 +351,7 @@ impl Snapshot {
         let mut by_rcode = [0u64; RCODES.len() + 1];
         for (p, proto) in PROTOCOLS.iter().enumerate() {
             for t in 0..=QTYPES.len() {
-                let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+                let qtype = qtype_label(t);
                 let mut sum = 0;
                 for (r, count) in by_rcode.iter_mut().enumerate() {
                     let cell = totals[cell(p, t, r)];
@@ -363,7 +384,7 @@ impl Snapshot {
                 .filter(|(_, n)| **n > 0)
                 .map(|(r, &n)| {
                     let mut labels = base();
-                    let rcode = RCODES.get(r).copied().unwrap_or("other").to_string();
+                    let rcode = rcode_label(r).to_string();
                     labels.push(("rcode", rcode));
                     labels.push(("plugin", String::new()));
                     (labels, n)
@@ -496,11 +517,11 @@ fn encode_queries(encoder: &mut DescriptorEncoder<'_>, totals: &[u64]) -> std::f
     let mut series = Vec::new();
     for (p, proto) in PROTOCOLS.iter().enumerate() {
         for t in 0..=QTYPES.len() {
-            let qtype = QTYPES.get(t).map_or("other", |q| q.1);
+            let qtype = qtype_label(t);
             for r in 0..=RCODES.len() {
                 let cell = cell(p, t, r);
                 if totals[cell] > 0 {
-                    let rcode = RCODES.get(r).copied().unwrap_or("other");
+                    let rcode = rcode_label(r);
                     let labels = vec![
                         ("proto", (*proto).to_string()),
                         ("type", qtype.to_string()),

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use crate::admin::Admin;
 
 /// HINFO: the type of the loop probe (CoreDNS's `loop` plugin asks the same).
-const HINFO: u16 = 13;
+const HINFO: u16 = dnscore::message::rtype::HINFO;
 /// Between two tries of the startup question, and two visits of the warm names.
 const TICK: Duration = Duration::from_secs(1);
 

@@ -11,9 +11,9 @@ use tokio::time::Instant;
 
 use crate::query::Query;
 use crate::wire::{
-    HEADER_LEN, Header, MAX_TTL, Malformed, NameStarts, check_rdata_names, flag, rcode,
-    read_record_tracked, rtype, set_u16, skip_name_tracked, soa_negative_ttl, write_opt,
-    write_opt_stale,
+    HEADER_LEN, Header, MAX_TTL, Malformed, NameStarts, check_rdata_names, flag, get_u16, get_u32,
+    rcode, read_record_tracked, rtype, set_u16, set_u32, skip_name_tracked, soa_negative_ttl,
+    write_opt, write_opt_stale,
 };
 
 /// The TTL of a stale answer (RFC 8767 §4 recommends 30 s).
@@ -162,8 +162,7 @@ impl Answer {
                             facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
                         }
                         let ns_related = rr.rtype == rtype::NS
-                            || (rr.rtype == rtype::RRSIG
-                                && crate::wire::u16_at(resp, rr.rdata) == Ok(rtype::NS));
+                            || (rr.rtype == rtype::RRSIG && get_u16(resp, rr.rdata) == rtype::NS);
                         if ns_related {
                             ns_from = ns_from.or(Some((rr.start, nscount)));
                         } else if ns_from.is_some() {
@@ -243,7 +242,7 @@ impl Answer {
 
     /// The upstream's header flags.
     fn flags(&self) -> u16 {
-        u16::from_be_bytes([self.bytes[2], self.bytes[3]])
+        get_u16(&self.bytes, 2)
     }
 
     /// Whether the upstream set TC: the answer is partial.
@@ -273,14 +272,11 @@ impl Answer {
     pub(crate) fn set_ttls(&mut self, floor: u32, ceiling: u32, lifetime: u32) {
         for &off in self.ttl_offsets.iter() {
             let pos = usize::from(off);
-            let ttl = u32::from_be_bytes([
-                self.bytes[pos],
-                self.bytes[pos + 1],
-                self.bytes[pos + 2],
-                self.bytes[pos + 3],
-            ]);
-            let ttl = ttl.min(MAX_TTL).max(floor).min(ceiling);
-            self.bytes[pos..pos + 4].copy_from_slice(&ttl.to_be_bytes());
+            let ttl = get_u32(&self.bytes, pos)
+                .min(MAX_TTL)
+                .max(floor)
+                .min(ceiling);
+            set_u32(&mut self.bytes, pos, ttl);
         }
         self.lifetime = lifetime;
     }
@@ -366,14 +362,14 @@ impl Answer {
         let (body, counts) = match self.minimal.filter(|_| qflags & flag::RD != 0) {
             Some((end, ns)) => (
                 &self.bytes[..usize::from(end)],
-                [u16::from_be_bytes([self.bytes[6], self.bytes[7]]), ns, 0],
+                [get_u16(&self.bytes, 6), ns, 0],
             ),
             None => (
                 &self.bytes[..],
                 [
-                    u16::from_be_bytes([self.bytes[6], self.bytes[7]]),
-                    u16::from_be_bytes([self.bytes[8], self.bytes[9]]),
-                    u16::from_be_bytes([self.bytes[10], self.bytes[11]]),
+                    get_u16(&self.bytes, 6),
+                    get_u16(&self.bytes, 8),
+                    get_u16(&self.bytes, 10),
                 ],
             ),
         };
@@ -394,17 +390,16 @@ impl Answer {
                 if pos >= body.len() {
                     break;
                 }
-                let ttl = u32::from_be_bytes([out[pos], out[pos + 1], out[pos + 2], out[pos + 3]]);
                 let ttl = if stale {
                     STALE_TTL
                 } else {
-                    ttl.saturating_sub(elapsed)
+                    get_u32(out, pos).saturating_sub(elapsed)
                 };
-                out[pos..pos + 4].copy_from_slice(&ttl.to_be_bytes());
+                set_u32(out, pos, ttl);
             }
         }
         if let Some(edns) = query.edns {
-            let arcount = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+            let arcount = get_u16(out, 10).saturating_add(1);
             set_u16(out, 10, arcount);
             if stale {
                 write_opt_stale(out, self.rcode, edns.dnssec_ok);
@@ -437,7 +432,6 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::query::{self, Key};
-    use crate::wire::upstream_query;
 
     /// A client query for `name`/`rtype`, optionally with EDNS.
     pub(crate) fn client_query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
@@ -496,7 +490,7 @@ pub(crate) mod tests {
         rcode: ResponseCode,
     ) -> (Vec<u8>, Answer) {
         let q = query::parse(client).unwrap();
-        let sent = upstream_query(Key(q.key.as_bytes()), 0x1111);
+        let sent = Key(q.key.as_bytes()).upstream_query(0x1111);
         let resp = response_to(&sent, rcode, answers, vec![]);
         let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
         (sent, answer)
@@ -506,7 +500,7 @@ pub(crate) mod tests {
     fn mismatched_packets_are_not_answers() {
         let client = client_query("a.test.", RecordType::A, None);
         let q = query::parse(&client).unwrap();
-        let sent = upstream_query(Key(q.key.as_bytes()), 0x1111);
+        let sent = Key(q.key.as_bytes()).upstream_query(0x1111);
         let good = response_to(
             &sent,
             ResponseCode::NoError,
@@ -618,7 +612,7 @@ pub(crate) mod tests {
     fn soa_facts_are_gathered() {
         let client = client_query("nope.test.", RecordType::A, None);
         let q = query::parse(&client).unwrap();
-        let sent = upstream_query(Key(q.key.as_bytes()), 7);
+        let sent = Key(q.key.as_bytes()).upstream_query(7);
         let resp = response_to(&sent, ResponseCode::NXDomain, vec![], vec![soa(300, 60)]);
         let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
         assert_eq!(answer.rcode, rcode::NXDOMAIN);
@@ -636,12 +630,11 @@ mod proptests {
     use super::tests::{a, client_query, response_to, soa};
     use super::*;
     use crate::query::{self, Key};
-    use crate::wire::upstream_query;
 
     fn sent_and_valid() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let client = client_query("a.test.", RecordType::A, Some(1232));
         let q = query::parse(&client).unwrap();
-        let sent = upstream_query(Key(q.key.as_bytes()), 0x4242);
+        let sent = Key(q.key.as_bytes()).upstream_query(0x4242);
         let resp = response_to(
             &sent,
             ResponseCode::NoError,

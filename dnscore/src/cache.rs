@@ -167,7 +167,6 @@ mod tests {
     use super::*;
     use crate::answer::tests::{a, client_query, exchange, response_to, soa};
     use crate::query::{self, Key};
-    use crate::wire::upstream_query;
 
     const POLICY: TtlPolicy = TtlPolicy {
         min_ttl: 0,
@@ -184,7 +183,7 @@ mod tests {
     ) -> u32 {
         let client = client_query("a.test.", RecordType::A, None);
         let q = query::parse(&client).unwrap();
-        let sent = upstream_query(Key(q.key.as_bytes()), 1);
+        let sent = Key(q.key.as_bytes()).upstream_query(1);
         let resp = response_to(&sent, rcode, answers, authority);
         let mut answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
         policy.apply(&mut answer);

@@ -9,7 +9,6 @@ use crate::answer::Answer;
 use crate::cache::TtlPolicy;
 use crate::query::{self, Key};
 use crate::upstream::UdpReply as Reply;
-use crate::wire::upstream_query;
 
 /// Reads `client` as a client query; if it is answerable, treats `response` (with its ID
 /// set to ours) as the upstream's answer to it and writes the client's answer.
@@ -19,7 +18,7 @@ use crate::wire::upstream_query;
 pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)> {
     let q = query::parse(client).ok()?;
     let id = 0x2a2a;
-    let sent = upstream_query(Key(q.key.as_bytes()), id);
+    let sent = Key(q.key.as_bytes()).upstream_query(id);
     let mut response = response.to_vec();
     if let Some(head) = response.get_mut(..2) {
         head.copy_from_slice(&id.to_be_bytes());
@@ -50,7 +49,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
 /// seed for the response corpus.
 pub fn upstream_query_for(client: &[u8]) -> Option<Vec<u8>> {
     let q = query::parse(client).ok()?;
-    Some(upstream_query(Key(q.key.as_bytes()), 0x2a2a))
+    Some(Key(q.key.as_bytes()).upstream_query(0x2a2a))
 }
 
 /// What [`pooled_receive`] saw.
@@ -99,7 +98,7 @@ pub fn pooled_receive(clients: &[Vec<u8>], ops: &[u8]) -> Receipt {
         let (tx, rx) = oneshot::channel();
         let added = state.add(
             |id| {
-                let mut sent = upstream_query(Key(&key), id);
+                let mut sent = Key(&key).upstream_query(id);
                 if exact {
                     crate::wire::randomize_case(&mut sent);
                 }

@@ -96,21 +96,25 @@ impl Resolver {
 /// A recursive query (ID 0) for `name` and `rtype`, with an OPT record (payload 1232, no
 /// DO), written directly: a `Message` built and encoded by hickory costs as much again.
 fn query_for(name: &Name, rtype: RecordType) -> Vec<u8> {
-    const RD: u8 = 0x01;
     let mut q = Vec::with_capacity(wire::HEADER_LEN + name.len() + 16);
-    // ID 0, RD, one question, one additional (the OPT).
-    q.extend_from_slice(&[0, 0, RD, 0, 0, 1, 0, 0, 0, 0, 0, 1]);
+    wire::Header {
+        id: 0,
+        flags: wire::flag::RD,
+        qdcount: 1,
+        ancount: 0,
+        nscount: 0,
+        arcount: 1,
+    }
+    .write(&mut q);
     for label in name.iter() {
         // A parsed name's labels are 1..=63 bytes long.
         q.push(label.len() as u8);
         q.extend_from_slice(label);
     }
     q.push(0);
-    q.extend_from_slice(&u16::from(rtype).to_be_bytes());
-    q.extend_from_slice(&[0, 1]); // class IN
-    let size = wire::EDNS_UDP_SIZE.to_be_bytes();
-    // OPT: root name, type 41, class = payload size, TTL 0 (no DO), no data.
-    q.extend_from_slice(&[0, 0, 41, size[0], size[1], 0, 0, 0, 0, 0, 0]);
+    wire::push_u16(&mut q, u16::from(rtype));
+    wire::push_u16(&mut q, 1); // class IN
+    wire::write_opt(&mut q, 0, false);
     q
 }
 

@@ -3,6 +3,39 @@
 
 use crate::query::{self, Rejection};
 use crate::wire::{HEADER_LEN, Header, flag, skip_name, u16_at};
+pub use crate::wire::{rcode, rtype};
+
+/// The mnemonic of a common record type (`A`, `AAAA`, `HTTPS`...), as CoreDNS's metrics
+/// label it; `None` for the others.
+pub fn type_name(t: u16) -> Option<&'static str> {
+    Some(match t {
+        rtype::A => "A",
+        rtype::NS => "NS",
+        rtype::CNAME => "CNAME",
+        rtype::SOA => "SOA",
+        rtype::PTR => "PTR",
+        rtype::HINFO => "HINFO",
+        rtype::MX => "MX",
+        rtype::TXT => "TXT",
+        rtype::AAAA => "AAAA",
+        rtype::SRV => "SRV",
+        rtype::DS => "DS",
+        rtype::RRSIG => "RRSIG",
+        rtype::HTTPS => "HTTPS",
+        rtype::ANY => "ANY",
+        _ => return None,
+    })
+}
+
+/// The mnemonic of a response code in a header (0 to 10: `NOERROR` to `NOTZONE`, RFC 1035
+/// and RFC 2136); `None` for the others.
+pub fn rcode_name(code: u16) -> Option<&'static str> {
+    const NAMES: [&str; 11] = [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+        "NXRRSET", "NOTAUTH", "NOTZONE",
+    ];
+    NAMES.get(usize::from(code)).copied()
+}
 
 /// The type of the first question of a query, without parsing the rest.
 pub fn question_type(msg: &[u8]) -> Option<u16> {
@@ -81,6 +114,11 @@ mod tests {
         assert_eq!(&out[..2], &[0, 7]);
         assert_eq!(&out[12..], &q[12..]);
         assert_eq!(question_type(&[0; 5]), None);
+        assert_eq!(type_name(rtype::HTTPS), Some("HTTPS"));
+        assert_eq!(type_name(4242), None);
+        assert_eq!(rcode_name(rcode::NOTIMP), Some("NOTIMP"));
+        assert_eq!(rcode_name(10), Some("NOTZONE"));
+        assert_eq!(rcode_name(rcode::BADVERS), None);
         assert!(!reply_with_rcode(&[0; 5], 4, &mut out));
     }
 }

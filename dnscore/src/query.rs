@@ -2,8 +2,8 @@
 //! them in exactly one place.
 
 use crate::wire::{
-    CLASSIC_UDP_SIZE, EDNS_DO, Edns, HEADER_LEN, Header, MAX_NAME_LEN, flag, rcode, read_record,
-    rtype, u16_at,
+    CLASSIC_UDP_SIZE, EDNS_DO, Edns, HEADER_LEN, Header, MAX_NAME_LEN, flag, get_u16, rcode,
+    read_record, rtype, u16_at, write_opt,
 };
 
 /// Longest key: a name, type, class and one flags byte.
@@ -66,6 +66,29 @@ impl Key<'_> {
     pub(crate) fn checking_disabled(&self) -> bool {
         self.flags() & KEY_CD != 0
     }
+
+    /// The query we send upstream for this key: RD set, CD as the client asked, the
+    /// question, and an OPT with our 1232-byte buffer and the DO bit as the client asked.
+    pub(crate) fn upstream_query(&self, id: u16) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.question().len() + 11);
+        let cd = if self.checking_disabled() {
+            flag::CD
+        } else {
+            0
+        };
+        Header {
+            id,
+            flags: flag::RD | cd,
+            qdcount: 1,
+            ancount: 0,
+            nscount: 0,
+            arcount: 1,
+        }
+        .write(&mut out);
+        out.extend_from_slice(self.question());
+        write_opt(&mut out, 0, self.dnssec_ok());
+        out
+    }
 }
 
 /// A client's query that we can answer.
@@ -127,10 +150,7 @@ impl Query<'_> {
 
     /// The question's type.
     pub(crate) fn qtype(&self) -> u16 {
-        u16::from_be_bytes([
-            self.msg[self.question_end - 4],
-            self.msg[self.question_end - 3],
-        ])
+        qtype_at(self.msg, self.question_end)
     }
 
     /// The client's question section.
@@ -182,7 +202,7 @@ impl Rejection {
 /// The type of a parsed question that ends at `question_end` (type and class are its last
 /// four bytes).
 fn qtype_at(msg: &[u8], question_end: usize) -> u16 {
-    u16::from_be_bytes([msg[question_end - 4], msg[question_end - 3]])
+    get_u16(msg, question_end.saturating_sub(4))
 }
 
 /// Reads a client's query.

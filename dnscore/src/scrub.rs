@@ -24,8 +24,8 @@
 //! minimal response (see `Answer::write_response`) is a prefix of the stored answer.
 
 use crate::wire::{
-    HEADER_LEN, Header, Malformed, Record, labels, name_eq, name_is_under, rdata_names,
-    read_record, rtype, skip_name, u16_at,
+    HEADER_LEN, Header, Malformed, Record, labels, name_eq, name_is_under, push_u16, rdata_names,
+    read_record, rtype, set_u16, skip_name, u16_at,
 };
 
 /// RRSIGs kept per RRset by default (as Unbound).
@@ -252,13 +252,13 @@ fn rewrite(msg: &[u8], question_end: usize, records: &[&Entry]) -> Result<Vec<u8
             None => out.extend_from_slice(msg.get(rr.rdata..rr.end).ok_or(Malformed)?),
         }
         let len = u16::try_from(out.len() - len_at - 2).map_err(|_| Malformed)?;
-        out[len_at..len_at + 2].copy_from_slice(&len.to_be_bytes());
+        set_u16(&mut out, len_at, len);
     }
     if out.len() > usize::from(u16::MAX) {
         return Err(Malformed);
     }
     for (i, count) in counts.into_iter().enumerate() {
-        out[6 + 2 * i..8 + 2 * i].copy_from_slice(&count.to_be_bytes());
+        set_u16(&mut out, 6 + 2 * i, count);
     }
     Ok(out)
 }
@@ -297,7 +297,7 @@ impl Names {
         for i in 0..labels.len() {
             let tail = suffix(&labels[i..]);
             if compress && let Some(&(_, offset)) = self.0.iter().find(|(k, _)| *k == tail) {
-                out.extend_from_slice(&(0xc000 | offset).to_be_bytes());
+                push_u16(out, 0xc000 | offset);
                 return skip_name(msg, pos);
             }
             if let Ok(offset) = u16::try_from(out.len())

@@ -15,40 +15,77 @@ pub(crate) const MAX_MESSAGE_LEN: usize = 65535;
 /// Largest TTL a cache may hand out (RFC 2181 §8: values with the top bit set are invalid).
 pub(crate) const MAX_TTL: u32 = i32::MAX as u32;
 
-/// Record types the hot path needs to recognise.
-pub(crate) mod rtype {
-    pub(crate) const A: u16 = 1;
-    pub(crate) const NS: u16 = 2;
-    pub(crate) const CNAME: u16 = 5;
-    pub(crate) const SOA: u16 = 6;
-    pub(crate) const MX: u16 = 15;
-    pub(crate) const AAAA: u16 = 28;
-    pub(crate) const SRV: u16 = 33;
-    pub(crate) const KX: u16 = 36;
-    pub(crate) const DNAME: u16 = 39;
-    pub(crate) const OPT: u16 = 41;
-    pub(crate) const DS: u16 = 43;
-    pub(crate) const RRSIG: u16 = 46;
-    pub(crate) const NSEC: u16 = 47;
-    pub(crate) const NSEC3: u16 = 50;
-    /// Transaction key and signature (RFC 2930, RFC 8945): meta-records of one exchange.
-    pub(crate) const TKEY: u16 = 249;
-    pub(crate) const TSIG: u16 = 250;
-    pub(crate) const IXFR: u16 = 251;
-    pub(crate) const AXFR: u16 = 252;
-    pub(crate) const MAILB: u16 = 253;
-    pub(crate) const MAILA: u16 = 254;
-    pub(crate) const ANY: u16 = 255;
+/// Record types by number (IANA registry); public as `dnscore::message::rtype`.
+pub mod rtype {
+    /// IPv4 address.
+    pub const A: u16 = 1;
+    /// Name server.
+    pub const NS: u16 = 2;
+    /// Alias.
+    pub const CNAME: u16 = 5;
+    /// Start of authority.
+    pub const SOA: u16 = 6;
+    /// Domain name pointer.
+    pub const PTR: u16 = 12;
+    /// Host information (CoreDNS's `loop` plugin asks for it).
+    pub const HINFO: u16 = 13;
+    /// Mail exchange.
+    pub const MX: u16 = 15;
+    /// Text.
+    pub const TXT: u16 = 16;
+    /// IPv6 address.
+    pub const AAAA: u16 = 28;
+    /// Service locator.
+    pub const SRV: u16 = 33;
+    /// Key exchanger.
+    pub const KX: u16 = 36;
+    /// Subtree alias (RFC 6672).
+    pub const DNAME: u16 = 39;
+    /// EDNS (RFC 6891).
+    pub const OPT: u16 = 41;
+    /// Delegation signer.
+    pub const DS: u16 = 43;
+    /// DNSSEC signature.
+    pub const RRSIG: u16 = 46;
+    /// DNSSEC denial of existence.
+    pub const NSEC: u16 = 47;
+    /// DNSSEC hashed denial of existence.
+    pub const NSEC3: u16 = 50;
+    /// HTTPS service binding (RFC 9460).
+    pub const HTTPS: u16 = 65;
+    /// Transaction key (RFC 2930): a meta-record of one exchange.
+    pub const TKEY: u16 = 249;
+    /// Transaction signature (RFC 8945): a meta-record of one exchange.
+    pub const TSIG: u16 = 250;
+    /// Incremental zone transfer.
+    pub const IXFR: u16 = 251;
+    /// Zone transfer.
+    pub const AXFR: u16 = 252;
+    /// Mailbox records (obsolete).
+    pub const MAILB: u16 = 253;
+    /// Mail agent records (obsolete).
+    pub const MAILA: u16 = 254;
+    /// Any type.
+    pub const ANY: u16 = 255;
 }
 
-/// Response codes (RFC 1035 §4.1.1, RFC 6891 §9 for BADVERS).
-pub(crate) mod rcode {
-    pub(crate) const NOERROR: u16 = 0;
-    pub(crate) const FORMERR: u16 = 1;
-    pub(crate) const SERVFAIL: u16 = 2;
-    pub(crate) const NXDOMAIN: u16 = 3;
-    pub(crate) const NOTIMP: u16 = 4;
-    pub(crate) const BADVERS: u16 = 16;
+/// Response codes (RFC 1035 §4.1.1, RFC 2136, RFC 6891 §9 for BADVERS); public as
+/// `dnscore::message::rcode`.
+pub mod rcode {
+    /// No error.
+    pub const NOERROR: u16 = 0;
+    /// Format error.
+    pub const FORMERR: u16 = 1;
+    /// Server failure.
+    pub const SERVFAIL: u16 = 2;
+    /// The name does not exist.
+    pub const NXDOMAIN: u16 = 3;
+    /// Not implemented.
+    pub const NOTIMP: u16 = 4;
+    /// Refused.
+    pub const REFUSED: u16 = 5;
+    /// Bad OPT version (extended).
+    pub const BADVERS: u16 = 16;
 }
 
 /// Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2 for AD/CD).
@@ -88,11 +125,36 @@ pub(crate) fn u32_at(msg: &[u8], pos: usize) -> Result<u32, Malformed> {
     }
 }
 
+/// Reads a big-endian u16 at `pos` of a message already checked to hold it (a stored
+/// answer, a parsed query); 0 if it does not, never a panic.
+#[inline]
+pub(crate) fn get_u16(msg: &[u8], pos: usize) -> u16 {
+    u16_at(msg, pos).unwrap_or(0)
+}
+
+/// Reads a big-endian u32 as [`get_u16`] does.
+#[inline]
+pub(crate) fn get_u32(msg: &[u8], pos: usize) -> u32 {
+    u32_at(msg, pos).unwrap_or(0)
+}
+
 /// Writes a big-endian u16 at `pos`; `pos + 2` must be in bounds (callers write only
 /// into headers they have already length-checked).
 #[inline]
 pub(crate) fn set_u16(msg: &mut [u8], pos: usize, v: u16) {
     msg[pos..pos + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes a big-endian u32 at `pos`, as [`set_u16`] does.
+#[inline]
+pub(crate) fn set_u32(msg: &mut [u8], pos: usize, v: u32) {
+    msg[pos..pos + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Appends a big-endian u16.
+#[inline]
+pub(crate) fn push_u16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_be_bytes());
 }
 
 /// The fixed header fields.
@@ -456,10 +518,10 @@ pub(crate) fn write_opt(out: &mut Vec<u8>, rcode: u16, dnssec_ok: bool) {
     let ext = (rcode >> 4) as u8;
     let do_byte = if dnssec_ok { 0x80 } else { 0 };
     out.push(0); // root owner name
-    out.extend_from_slice(&rtype::OPT.to_be_bytes());
-    out.extend_from_slice(&EDNS_UDP_SIZE.to_be_bytes());
+    push_u16(out, rtype::OPT);
+    push_u16(out, EDNS_UDP_SIZE);
     out.extend_from_slice(&[ext, 0, do_byte, 0]);
-    out.extend_from_slice(&0u16.to_be_bytes());
+    push_u16(out, 0);
 }
 
 /// Extended DNS Error option (RFC 8914): code 15, INFO-CODE 3 "Stale Answer".
@@ -503,25 +565,6 @@ pub(crate) fn write_rcode_reply(
     if let Some(e) = edns {
         write_opt(out, rcode, e.dnssec_ok);
     }
-}
-
-/// Builds the query we send upstream for a cache key: RD set, CD as the client asked, the
-/// question, and an OPT with our 1232-byte buffer and the DO bit as the client asked.
-pub(crate) fn upstream_query(key: crate::query::Key<'_>, id: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + key.question().len() + 11);
-    let cd = if key.checking_disabled() { flag::CD } else { 0 };
-    Header {
-        id,
-        flags: flag::RD | cd,
-        qdcount: 1,
-        ancount: 0,
-        nscount: 0,
-        arcount: 1,
-    }
-    .write(&mut out);
-    out.extend_from_slice(key.question());
-    write_opt(&mut out, 0, key.dnssec_ok());
-    out
 }
 
 /// Randomises the letter case of the question name of `msg` (a query we built: the name
@@ -629,7 +672,19 @@ mod tests {
             k.extend_from_slice(&[0, 1, 0, 1, 0]);
             k
         };
-        let plain = upstream_query(crate::query::Key(&key), 0x4142);
+        // A query as `Key::upstream_query` writes it: header, question, OPT.
+        let mut plain = Vec::new();
+        Header {
+            id: 0x4142,
+            flags: flag::RD,
+            qdcount: 1,
+            ancount: 0,
+            nscount: 0,
+            arcount: 1,
+        }
+        .write(&mut plain);
+        plain.extend_from_slice(&key[..key.len() - 1]);
+        write_opt(&mut plain, 0, false);
         let mut seen_upper = false;
         for _ in 0..20 {
             let mut q = plain.clone();

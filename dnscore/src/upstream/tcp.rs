@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::answer::Answer;
 use crate::error::UpstreamError;
 use crate::query::Key;
-use crate::wire::upstream_query;
+use crate::wire::{push_u16, u16_at};
 
 /// Queries one connection may have outstanding; past it a new connection is opened, or the
 /// attempt fails as overloaded.
@@ -79,9 +79,9 @@ impl TcpPool {
                     break id;
                 }
             };
-            let query = upstream_query(key, id);
+            let query = key.upstream_query(id);
             let mut frame = Vec::with_capacity(query.len() + 2);
-            frame.extend_from_slice(&(query.len() as u16).to_be_bytes());
+            push_u16(&mut frame, query.len() as u16);
             frame.extend_from_slice(&query);
             pending.insert(id, Pending { query, reply: tx });
             (id, frame)
@@ -158,7 +158,7 @@ impl Connection {
 
     /// Hands one answer to the query with its ID, if it is the answer to that query.
     fn deliver(&self, frame: &[u8]) {
-        let Some(id) = frame.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        let Ok(id) = u16_at(frame, 0) else {
             return;
         };
         let mut pending = self.pending();

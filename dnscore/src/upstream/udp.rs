@@ -52,7 +52,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::answer::{Answer, ResponseError};
 use crate::error::UpstreamError;
 use crate::query::Key;
-use crate::wire::{randomize_case, upstream_query};
+use crate::wire::{get_u16, randomize_case};
 
 /// Receive buffer of a socket. We advertise 1232 bytes; a datagram that fills this buffer
 /// may have been cut by the kernel, and is treated as truncated.
@@ -175,7 +175,7 @@ impl Sockets {
                 .then(|| {
                     socket.state().add(
                         |id| {
-                            let mut query = upstream_query(key, id);
+                            let mut query = key.upstream_query(id);
                             if exact_case {
                                 randomize_case(&mut query);
                             }
@@ -408,7 +408,7 @@ impl State {
         now: Instant,
     ) -> Matched {
         let id = match datagram.get(..2) {
-            Some(b) if !self.closed => u16::from_be_bytes([b[0], b[1]]),
+            Some(_) if !self.closed => get_u16(datagram, 0),
             _ => return self.suspicious(now),
         };
         let Some(waiting) = self.pending.get(&id) else {
@@ -745,7 +745,7 @@ fn connect(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// are dropped and the wait goes on; the caller bounds it with a timeout.
 pub(crate) async fn exchange_once(addr: SocketAddr, key: Key<'_>) -> Result<Reply, UpstreamError> {
     let socket = connect(addr).map_err(|e| UpstreamError::from_io(addr, e))?;
-    let query = upstream_query(key, rand::random());
+    let query = key.upstream_query(rand::random());
     socket
         .send(&query)
         .await
