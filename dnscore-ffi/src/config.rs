@@ -48,9 +48,9 @@ pub extern "C" fn dnscore_config_default() -> dnscore_config {
     dnscore_config {
         upstreams: std::ptr::null(),
         upstreams_len: 0,
-        cache_capacity: dnscore::DEFAULT_CACHE_CAPACITY,
-        timeout_ms: millis(dnscore::DEFAULT_TIMEOUT),
-        attempt_timeout_ms: millis(dnscore::DEFAULT_ATTEMPT_TIMEOUT),
+        cache_capacity: dnscore::defaults::CACHE_CAPACITY,
+        timeout_ms: millis(dnscore::defaults::TIMEOUT),
+        attempt_timeout_ms: millis(dnscore::defaults::ATTEMPT_TIMEOUT),
         worker_threads: DEFAULT_WORKER_THREADS,
         settings: std::ptr::null(),
         settings_len: 0,

@@ -465,7 +465,7 @@ impl Config {
             .0
             .get("cache-capacity")
             .and_then(|v| dnscore::settings::parse_count(v))
-            .unwrap_or(dnscore::DEFAULT_CACHE_CAPACITY)
+            .unwrap_or(dnscore::defaults::CACHE_CAPACITY)
     }
 }
 

@@ -16,6 +16,7 @@
 //! [`resolv_conf`] (default upstreams), [`startup`] (the first question, loop detection,
 //! warm names).
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;

@@ -5,6 +5,8 @@
 //! listeners close, the queries in flight finish and the process exits 0. SIGHUP re-reads the
 //! configuration file.
 
+#![forbid(unsafe_code)]
+
 /// mimalloc rather than the C library's allocator: a miss allocates on the receive thread and
 /// frees on a runtime worker, which glibc's arenas handle poorly (5% of a miss's CPU in a
 /// profile, see benches/README.md), and the image is static musl, whose allocator is slower.

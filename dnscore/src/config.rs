@@ -7,65 +7,17 @@ use std::time::Duration;
 
 use crate::cache::{AnswerCache, TtlPolicy};
 use crate::dedup::Dedup;
+use crate::defaults;
 use crate::error::Error;
 use crate::resolver::{Inner, Resolver, Serving};
 use crate::stats::Counters;
 use crate::upstream::{Pool, PoolConfig, Selection};
 
-/// Default number of cached answers (CoreDNS's cache plugin holds 9984).
-pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
-/// Default ceiling on a positive answer's TTL: one day (Unbound, hickory).
-pub const DEFAULT_MAX_TTL: u32 = 86_400;
-/// Default ceiling on a negative answer's TTL: one hour (Unbound; RFC 2308 §5 suggests 1-3 h).
-pub const DEFAULT_NEGATIVE_MAX_TTL: u32 = 3_600;
-/// Default ceiling on one attempt's adaptive timeout (SRTT + 4·RTTVAR, at least 1.5 ×
-/// SRTT); before an upstream has answered once, its attempts wait 400 ms (or this ceiling,
-/// if lower). High enough that a CoreDNS starved of CPU, answering after 800 ms, gets its
-/// answers in without re-sends; within the 2 s deadline.
-pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(1500);
-/// Default floor on one attempt's adaptive timeout.
-pub const DEFAULT_MIN_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(50);
-/// Default transport failures in a row (port closed, reset, timeout) that mark an upstream
-/// down (CoreDNS: 2).
-pub const DEFAULT_MAX_FAILURES: u32 = 3;
-/// Default first interval between health probes of a down upstream (CoreDNS: 0.5 s); it
-/// doubles after each failed probe.
-pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// Default ceiling on the interval between health probes.
-pub const DEFAULT_MAX_PROBE_INTERVAL: Duration = Duration::from_secs(10);
-/// Default share of queries that may send a hedge (a second copy to another upstream).
-pub const DEFAULT_HEDGE_SHARE: f64 = 0.05;
-/// Default retry budget: speculative sends (hedges, re-sends after a timeout) allowed per
-/// first attempt, pool-wide, on top of a floor of 2 per second (Finagle's `RetryBudget`
-/// allows 20%, Envoy's `retry_budget` 20% of active requests; a pod's sidecar is one of
-/// thousands asking the same CoreDNS, so less).
-pub const DEFAULT_RETRY_BUDGET: f64 = 0.1;
-/// Default number of sticky UDP sockets per upstream (0: a fresh socket per attempt).
-pub const DEFAULT_UPSTREAM_SOCKETS: usize = 4;
 /// Most sticky UDP sockets per upstream (each is a conntrack entry on the node).
 const MAX_UPSTREAM_SOCKETS: usize = 64;
-/// Default time a client waits for an upstream before it gets a stale answer (RFC 8767
-/// client response timer).
-pub const DEFAULT_STALE_ANSWER_TIMEOUT: Duration = Duration::from_millis(1800);
-/// Default time past its TTL an answer may still be served stale (RFC 8767: 1 to 3 days).
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(86_400);
-/// Default time a question that failed on every upstream is answered SERVFAIL without
-/// asking again (RFC 2308 §7 allows up to 5 minutes; CoreDNS caches SERVFAIL 5 s).
-pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(2);
-/// Default bound on distinct upstream queries in flight.
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 4096;
-/// Default bound on callers waiting on one upstream query.
-pub const DEFAULT_MAX_WAITERS: usize = 4096;
 /// After a failed refresh of a stale entry, how long it is served stale without asking
 /// again (RFC 8767 §4 stale-refresh-time, 30 s).
 const STALE_REFRESH_WINDOW: Duration = Duration::from_secs(30);
-/// Default deadline for a whole query: well inside the 5 s a glibc client waits, so the
-/// client gets our SERVFAIL (or answer) before it gives up on us.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Default TCP connections per upstream: the EC2 (Nitro) resolver serves only two at once.
-pub const DEFAULT_TCP_CONNECTIONS: usize = 2;
-/// Default idle time after which a TCP connection to an upstream is closed.
-pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Configures and builds a [`Resolver`]. Start from [`Resolver::builder`].
 #[derive(Clone, Debug)]
@@ -105,33 +57,33 @@ impl Default for ResolverBuilder {
     fn default() -> Self {
         Self {
             upstreams: Vec::new(),
-            cache_capacity: DEFAULT_CACHE_CAPACITY,
+            cache_capacity: defaults::CACHE_CAPACITY,
             min_ttl: 0,
-            max_ttl: DEFAULT_MAX_TTL,
+            max_ttl: defaults::MAX_TTL,
             negative_min_ttl: 0,
-            negative_max_ttl: DEFAULT_NEGATIVE_MAX_TTL,
-            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
-            min_attempt_timeout: DEFAULT_MIN_ATTEMPT_TIMEOUT,
-            timeout: DEFAULT_TIMEOUT,
+            negative_max_ttl: defaults::NEGATIVE_MAX_TTL,
+            attempt_timeout: defaults::ATTEMPT_TIMEOUT,
+            min_attempt_timeout: defaults::MIN_ATTEMPT_TIMEOUT,
+            timeout: defaults::TIMEOUT,
             max_attempts: None,
-            max_failures: DEFAULT_MAX_FAILURES,
-            probe_interval: DEFAULT_PROBE_INTERVAL,
-            max_probe_interval: DEFAULT_MAX_PROBE_INTERVAL,
-            hedge_share: DEFAULT_HEDGE_SHARE,
-            retry_budget: DEFAULT_RETRY_BUDGET,
+            max_failures: defaults::MAX_FAILURES,
+            probe_interval: defaults::PROBE_INTERVAL,
+            max_probe_interval: defaults::MAX_PROBE_INTERVAL,
+            hedge_share: defaults::HEDGE_SHARE,
+            retry_budget: defaults::RETRY_BUDGET,
             selection: Selection::LowestRtt,
-            upstream_sockets: DEFAULT_UPSTREAM_SOCKETS,
+            upstream_sockets: defaults::UPSTREAM_SOCKETS,
             case_randomization: false,
-            stale_answer_timeout: DEFAULT_STALE_ANSWER_TIMEOUT,
-            max_stale: DEFAULT_MAX_STALE,
-            failure_ttl: DEFAULT_FAILURE_TTL,
+            stale_answer_timeout: defaults::STALE_ANSWER_TIMEOUT,
+            max_stale: defaults::MAX_STALE,
+            failure_ttl: defaults::FAILURE_TTL,
             prefetch: true,
             minimal_responses: true,
-            max_rrsigs: crate::scrub::DEFAULT_MAX_RRSIGS,
-            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
-            max_waiters: DEFAULT_MAX_WAITERS,
-            tcp_connections: DEFAULT_TCP_CONNECTIONS,
-            tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
+            max_rrsigs: defaults::MAX_RRSIGS,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            max_waiters: defaults::MAX_WAITERS,
+            tcp_connections: defaults::TCP_CONNECTIONS,
+            tcp_idle_timeout: defaults::TCP_IDLE_TIMEOUT,
         }
     }
 }

@@ -24,20 +24,20 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
         head.copy_from_slice(&id.to_be_bytes());
     }
     let mut answer = Answer::parse(&sent, &response, Instant::now()).ok()?;
-    answer.scrub(crate::scrub::DEFAULT_MAX_RRSIGS, true);
+    answer.scrub(crate::defaults::MAX_RRSIGS, true);
     // Scrubbing is done once: what it keeps has nothing left to drop.
     assert!(
         matches!(
-            crate::scrub::scrub(answer.wire(), crate::scrub::DEFAULT_MAX_RRSIGS),
+            crate::scrub::scrub(answer.wire(), crate::defaults::MAX_RRSIGS),
             Ok(None)
         ) || answer.facts == Default::default(),
         "a scrubbed answer scrubs again"
     );
     TtlPolicy {
         min_ttl: 0,
-        max_ttl: crate::DEFAULT_MAX_TTL,
+        max_ttl: crate::defaults::MAX_TTL,
         negative_min_ttl: 0,
-        negative_max_ttl: crate::DEFAULT_NEGATIVE_MAX_TTL,
+        negative_max_ttl: crate::defaults::NEGATIVE_MAX_TTL,
     }
     .apply(&mut answer);
     let mut out = Vec::new();

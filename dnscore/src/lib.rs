@@ -136,11 +136,13 @@
 //!   asked again over TCP rather than read.
 //! - Names in [`Resolver::lookup`] are fully qualified; no search list is applied.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod answer;
 mod cache;
 mod config;
 mod dedup;
+pub mod defaults;
 mod discovery;
 mod error;
 #[cfg(feature = "fuzzing")]

@@ -28,9 +28,6 @@ use crate::wire::{
     read_record, rtype, set_u16, skip_name, u16_at,
 };
 
-/// RRSIGs kept per RRset by default (as Unbound).
-pub(crate) const DEFAULT_MAX_RRSIGS: usize = 8;
-
 const ANSWER: u8 = 0;
 const AUTHORITY: u8 = 1;
 const ADDITIONAL: u8 = 2;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use dnscore::proto::op::{Message, ResponseCode};
 use dnscore::proto::rr::RecordType;
 use dnscore::proto::rr::{RData, rdata::A};
-use dnscore::{DEFAULT_UPSTREAM_SOCKETS, Resolver};
+use dnscore::{Resolver, defaults};
 use dnscore_testkit::{Behavior, Proto, TestUpstream, query};
 
 async fn ask(r: &Resolver, id: u16, name: &str) -> Message {
@@ -58,7 +58,7 @@ async fn distinct_names_reach_the_upstream_from_a_few_ports() {
     assert!(!ports.is_empty());
     let stats = &r.stats().upstreams[0];
     assert!(stats.sockets_opened >= ports.len() as u64);
-    assert!(stats.sockets_opened >= DEFAULT_UPSTREAM_SOCKETS as u64);
+    assert!(stats.sockets_opened >= defaults::UPSTREAM_SOCKETS as u64);
 }
 
 /// With no sticky sockets, each attempt has a port of its own (the behaviour before).

@@ -310,7 +310,7 @@ async fn when_every_upstream_fails_the_client_gets_servfail_never_refused() {
     assert_eq!(up.total_queries(), asked);
     // ...and forgotten after the failure TTL (2 s).
     tokio::time::pause();
-    tokio::time::advance(dnscore::DEFAULT_FAILURE_TTL).await;
+    tokio::time::advance(dnscore::defaults::FAILURE_TTL).await;
     tokio::time::resume();
     let reply = ask(&r, 30, "a.test.", RecordType::A, None).await;
     assert_eq!(reply.metadata.response_code, ResponseCode::NoError);

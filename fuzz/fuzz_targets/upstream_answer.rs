@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     assert!(
-        lifetime <= dnscore::DEFAULT_MAX_TTL,
+        lifetime <= dnscore::defaults::MAX_TTL,
         "lifetime {lifetime} over the ceiling"
     );
     for record in answer
