@@ -4,9 +4,6 @@
 //! hop-by-hop, RFC 6891 §6.1.1). Answers are parsed once, when they arrive; a cache hit
 //! only copies.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::query::Query;
@@ -67,13 +64,6 @@ pub(crate) struct Answer {
     pub(crate) facts: Facts,
     /// When it arrived: TTLs count down from here.
     pub(crate) received: Instant,
-    /// How long it may be served from the cache, in seconds; 0 when it may not be cached.
-    pub(crate) lifetime: u32,
-    /// A background refresh was started for it (prefetch happens once per entry).
-    prefetched: AtomicBool,
-    /// When a refresh of this stale entry last failed, in ms after `received` (+1; 0 for
-    /// never): refreshes are not retried for a while (RFC 8767 §4, stale-refresh-time).
-    refresh_failed: AtomicU64,
 }
 
 impl Answer {
@@ -200,9 +190,6 @@ impl Answer {
             rcode: ext_rcode | (header.flags & flag::RCODE),
             facts,
             received,
-            lifetime: 0,
-            prefetched: AtomicBool::new(false),
-            refresh_failed: AtomicU64::new(0),
         })
     }
 
@@ -268,8 +255,8 @@ impl Answer {
     }
 
     /// Sets every record's TTL to `min(max(ttl, floor), ceiling)`, with `ttl` first capped
-    /// at 2^31-1, and remembers `lifetime` as the time it may be cached.
-    pub(crate) fn set_ttls(&mut self, floor: u32, ceiling: u32, lifetime: u32) {
+    /// at 2^31-1.
+    pub(crate) fn set_ttls(&mut self, floor: u32, ceiling: u32) {
         for &off in self.ttl_offsets.iter() {
             let pos = usize::from(off);
             let ttl = get_u32(&self.bytes, pos)
@@ -277,52 +264,6 @@ impl Answer {
                 .max(floor)
                 .min(ceiling);
             set_u32(&mut self.bytes, pos, ttl);
-        }
-        self.lifetime = lifetime;
-    }
-
-    /// Whether a cached copy may still be served at `now`.
-    #[inline]
-    pub(crate) fn fresh_at(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.received).as_secs() < u64::from(self.lifetime)
-    }
-
-    /// How long past its lifetime the entry is at `now` (zero while fresh).
-    pub(crate) fn staleness(&self, now: Instant) -> Duration {
-        now.saturating_duration_since(self.received)
-            .saturating_sub(Duration::from_secs(u64::from(self.lifetime)))
-    }
-
-    /// Whether a client asking at `now` should trigger a background refresh: the entry is
-    /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
-    /// true once.
-    pub(crate) fn claim_prefetch(&self, now: Instant) -> bool {
-        self.prefetch_due(now) && !self.prefetched.swap(true, Ordering::Relaxed)
-    }
-
-    /// Whether the entry is in the last tenth of its lifetime and not claimed yet (a cheap
-    /// look, before [`claim_prefetch`](Self::claim_prefetch)).
-    pub(crate) fn prefetch_due(&self, now: Instant) -> bool {
-        let age = now.saturating_duration_since(self.received).as_millis();
-        let lifetime = u128::from(self.lifetime) * 1000;
-        age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
-    }
-
-    /// Records that refreshing this (stale) entry failed at `now`.
-    pub(crate) fn refresh_failed_at(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.received).as_millis();
-        let ms = u64::try_from(ms).unwrap_or(u64::MAX - 1);
-        self.refresh_failed.store(ms + 1, Ordering::Relaxed);
-    }
-
-    /// Whether a refresh failed less than `window` before `now`.
-    pub(crate) fn refresh_blocked(&self, now: Instant, window: Duration) -> bool {
-        match self.refresh_failed.load(Ordering::Relaxed) {
-            0 => false,
-            ms => {
-                let failed = self.received + Duration::from_millis(ms - 1);
-                now.saturating_duration_since(failed) < window
-            }
         }
     }
 
@@ -423,78 +364,17 @@ fn write_header(out: &mut Vec<u8>, query: &Query<'_>, flags: u16, counts: [u16; 
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::str::FromStr;
+    use std::time::Duration;
 
-    use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query as HQuery, ResponseCode};
-    use hickory_proto::rr::rdata::{A, SOA, TXT};
+    use hickory_proto::op::{Message, ResponseCode};
+    use hickory_proto::rr::rdata::TXT;
     use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     use super::*;
+    use crate::fixtures::{a, client_query, exchange, response_to, soa};
     use crate::query::{self, Key};
-
-    /// A client query for `name`/`rtype`, optionally with EDNS.
-    pub(crate) fn client_query(name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u8> {
-        let mut m = Message::new(0xbeef, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = true;
-        m.add_query(HQuery::query(Name::from_str(name).unwrap(), rtype));
-        if let Some(size) = edns {
-            let mut e = Edns::new();
-            e.set_max_payload(size);
-            m.set_edns(e);
-        }
-        m.to_vec().unwrap()
-    }
-
-    /// The response an upstream would send to `sent`, with these sections.
-    pub(crate) fn response_to(
-        sent: &[u8],
-        rcode: ResponseCode,
-        answers: Vec<Record>,
-        authorities: Vec<Record>,
-    ) -> Vec<u8> {
-        let q = Message::from_vec(sent).unwrap();
-        let mut m = Message::response(q.metadata.id, OpCode::Query);
-        m.metadata.response_code = rcode;
-        m.metadata.recursion_available = true;
-        m.add_queries(q.queries.clone());
-        m.add_answers(answers);
-        m.add_authorities(authorities);
-        let mut e = Edns::new();
-        e.set_max_payload(1232);
-        m.set_edns(e);
-        m.to_vec().unwrap()
-    }
-
-    pub(crate) fn a(name: &str, ttl: u32, ip: [u8; 4]) -> Record {
-        Record::from_rdata(Name::from_str(name).unwrap(), ttl, RData::A(A(ip.into())))
-    }
-
-    pub(crate) fn soa(ttl: u32, minimum: u32) -> Record {
-        let soa = SOA::new(
-            Name::from_str("ns.test.").unwrap(),
-            Name::from_str("hostmaster.test.").unwrap(),
-            1,
-            3600,
-            600,
-            86400,
-            minimum,
-        );
-        Record::from_rdata(Name::from_str("test.").unwrap(), ttl, RData::SOA(soa))
-    }
-
-    /// Parses `resp` as the answer to the upstream query made from `client`.
-    pub(crate) fn exchange(
-        client: &[u8],
-        answers: Vec<Record>,
-        rcode: ResponseCode,
-    ) -> (Vec<u8>, Answer) {
-        let q = query::parse(client).unwrap();
-        let sent = Key(q.key.as_bytes()).upstream_query(0x1111);
-        let resp = response_to(&sent, rcode, answers, vec![]);
-        let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
-        (sent, answer)
-    }
 
     #[test]
     fn mismatched_packets_are_not_answers() {
@@ -553,7 +433,7 @@ pub(crate) mod tests {
             vec![a("www.example.test.", 300, [192, 0, 2, 1])],
             ResponseCode::NoError,
         );
-        answer.set_ttls(0, 300, 300);
+        answer.set_ttls(0, 300);
         let q = query::parse(&client).unwrap();
         let mut out = Vec::new();
         answer.write_response(
@@ -627,8 +507,8 @@ mod proptests {
     use hickory_proto::rr::RecordType;
     use proptest::prelude::*;
 
-    use super::tests::{a, client_query, response_to, soa};
     use super::*;
+    use crate::fixtures::{a, client_query, response_to, soa};
     use crate::query::{self, Key};
 
     fn sent_and_valid() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
@@ -671,8 +551,7 @@ mod proptests {
             let q = query::parse(&client).unwrap();
             if let Ok(mut answer) = Answer::parse(&sent, &resp, Instant::now()) {
                 let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_min_ttl: 0, negative_max_ttl: 3_600 };
-                policy.apply(&mut answer);
-                prop_assert!(answer.lifetime <= 86_400);
+                prop_assert!(policy.apply(&mut answer) <= 86_400);
                 let mut out = Vec::new();
                 answer.write_response(&q, Instant::now(), 65_535, true, &mut out);
                 prop_assert_eq!(&out[..2], &client[..2]);

@@ -5,9 +5,13 @@
 //! Lookups hash the key bytes (built on the stack by `query::parse`) and take one shard's
 //! read lock inside quick_cache, never a lock shared by all threads; a hit clones an `Arc`.
 //! How long an answer may be kept is decided once, on insert, by [`TtlPolicy`], which also
-//! rewrites the stored TTLs so that a hit only subtracts the time elapsed.
+//! rewrites the stored TTLs so that a hit only subtracts the time elapsed. An [`Entry`] is
+//! the answer with its life in the cache: whether it is fresh, stale or gone at a given
+//! instant, its prefetch and its failed refreshes are decided there and nowhere else.
 
+use std::ops::Deref;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quick_cache::Weighter;
@@ -27,7 +31,8 @@ pub(crate) struct TtlPolicy {
 }
 
 impl TtlPolicy {
-    /// Decides how long `answer` may be cached and rewrites its TTLs to match:
+    /// Decides how long `answer` may be cached, in seconds (0: not at all), and rewrites
+    /// its TTLs to match:
     /// - positive (NOERROR with a record of the asked type): the smallest TTL in the answer
     ///   section, clamped to `min_ttl..=max_ttl`;
     /// - negative (NXDOMAIN, or NOERROR without such a record: NODATA, possibly after a CNAME
@@ -36,23 +41,111 @@ impl TtlPolicy {
     ///   (RFC 2308 §5);
     /// - truncated answers and anything but NOERROR/NXDOMAIN (SERVFAIL included) are never
     ///   cached: the pool already tried the other upstreams for them.
-    pub(crate) fn apply(&self, answer: &mut Answer) {
+    pub(crate) fn apply(&self, answer: &mut Answer) -> u32 {
         if answer.truncated() || !answer.is_answer() {
-            answer.set_ttls(0, MAX_TTL, 0);
-            return;
+            answer.set_ttls(0, MAX_TTL);
+            return 0;
         }
         let facts = answer.facts;
         let answer_ttl = facts.min_answer_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
         if answer.rcode == rcode::NOERROR && facts.has_qtype {
             let lifetime = answer_ttl.clamp(self.min_ttl, self.max_ttl);
-            answer.set_ttls(self.min_ttl, lifetime, lifetime);
+            answer.set_ttls(self.min_ttl, lifetime);
+            lifetime
         } else if let Some(negative) = facts.negative_ttl {
             let lifetime = negative
                 .min(answer_ttl)
                 .clamp(self.negative_min_ttl, self.negative_max_ttl);
-            answer.set_ttls(self.negative_min_ttl, lifetime, lifetime);
+            answer.set_ttls(self.negative_min_ttl, lifetime);
+            lifetime
         } else {
-            answer.set_ttls(0, MAX_TTL, 0);
+            answer.set_ttls(0, MAX_TTL);
+            0
+        }
+    }
+}
+
+/// A validated answer and its life in the cache. It reads as its [`Answer`] (`Deref`).
+#[derive(Debug)]
+pub(crate) struct Entry {
+    answer: Answer,
+    /// How long it may be served from the cache, in seconds after the answer arrived; 0
+    /// when it may not be cached.
+    lifetime: u32,
+    /// A background refresh was started for it (prefetch happens once per entry).
+    prefetched: AtomicBool,
+    /// When a refresh of this stale entry last failed, in ms after the answer arrived (+1;
+    /// 0 for never): refreshes are not retried for a while (RFC 8767 §4).
+    refresh_failed: AtomicU64,
+}
+
+impl Deref for Entry {
+    type Target = Answer;
+
+    fn deref(&self) -> &Answer {
+        &self.answer
+    }
+}
+
+impl Entry {
+    /// `answer`, which may be cached for `lifetime` seconds after it arrived (from
+    /// [`TtlPolicy::apply`]).
+    pub(crate) fn new(answer: Answer, lifetime: u32) -> Self {
+        Self {
+            answer,
+            lifetime,
+            prefetched: AtomicBool::new(false),
+            refresh_failed: AtomicU64::new(0),
+        }
+    }
+
+    fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.answer.received)
+    }
+
+    /// Fresh, stale (expired less than `max_stale` ago) or gone (`None`) at `now`.
+    #[inline]
+    pub(crate) fn freshness(&self, now: Instant, max_stale: Duration) -> Option<Freshness> {
+        let age = self.age(now);
+        let lifetime = Duration::from_secs(u64::from(self.lifetime));
+        if age.as_secs() < u64::from(self.lifetime) {
+            Some(Freshness::Fresh)
+        } else if age.saturating_sub(lifetime) < max_stale {
+            Some(Freshness::Stale)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a client asking at `now` should trigger a background refresh: the entry is
+    /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
+    /// true once.
+    pub(crate) fn claim_prefetch(&self, now: Instant) -> bool {
+        self.prefetch_due(now) && !self.prefetched.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether the entry is in the last tenth of its lifetime and not claimed yet (a cheap
+    /// look, before [`claim_prefetch`](Self::claim_prefetch)).
+    pub(crate) fn prefetch_due(&self, now: Instant) -> bool {
+        let age = self.age(now).as_millis();
+        let lifetime = u128::from(self.lifetime) * 1000;
+        age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
+    }
+
+    /// Records that refreshing this (stale) entry failed at `now`.
+    pub(crate) fn refresh_failed_at(&self, now: Instant) {
+        let ms = u64::try_from(self.age(now).as_millis()).unwrap_or(u64::MAX - 1);
+        self.refresh_failed.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Whether a refresh failed less than `window` before `now`.
+    pub(crate) fn refresh_blocked(&self, now: Instant, window: Duration) -> bool {
+        match self.refresh_failed.load(Ordering::Relaxed) {
+            0 => false,
+            ms => {
+                let failed = self.answer.received + Duration::from_millis(ms - 1);
+                now.saturating_duration_since(failed) < window
+            }
         }
     }
 }
@@ -62,8 +155,8 @@ impl TtlPolicy {
 #[derive(Clone, Copy, Debug)]
 struct AnswerWeighter;
 
-impl Weighter<Box<[u8]>, Arc<Answer>> for AnswerWeighter {
-    fn weight(&self, key: &Box<[u8]>, answer: &Arc<Answer>) -> u64 {
+impl Weighter<Box<[u8]>, Arc<Entry>> for AnswerWeighter {
+    fn weight(&self, key: &Box<[u8]>, answer: &Arc<Entry>) -> u64 {
         let bytes = key.len() + answer.len();
         bytes.div_ceil(usize::from(EDNS_UDP_SIZE)).max(1) as u64
     }
@@ -80,7 +173,7 @@ pub(crate) enum Freshness {
 
 /// Validated answers by key, and the questions that recently failed everywhere.
 pub(crate) struct AnswerCache {
-    entries: Cache<Box<[u8]>, Arc<Answer>, AnswerWeighter>,
+    entries: Cache<Box<[u8]>, Arc<Entry>, AnswerWeighter>,
     /// Until when each recently failed question is answered SERVFAIL without asking
     /// upstream (RFC 2308 §7). Bounded like the cache, a quarter of its size.
     failures: Cache<Box<[u8]>, Instant>,
@@ -110,15 +203,10 @@ impl AnswerCache {
 
     /// The answer for `key` at `now`, fresh or within the stale window.
     #[inline]
-    pub(crate) fn lookup(&self, key: &[u8], now: Instant) -> Option<(Arc<Answer>, Freshness)> {
-        let answer = self.entries.get(key)?;
-        if answer.fresh_at(now) {
-            Some((answer, Freshness::Fresh))
-        } else if answer.staleness(now) < self.max_stale {
-            Some((answer, Freshness::Stale))
-        } else {
-            None
-        }
+    pub(crate) fn lookup(&self, key: &[u8], now: Instant) -> Option<(Arc<Entry>, Freshness)> {
+        let entry = self.entries.get(key)?;
+        let freshness = entry.freshness(now, self.max_stale)?;
+        Some((entry, freshness))
     }
 
     /// Remembers that every upstream failed `key` at `now`.
@@ -139,9 +227,9 @@ impl AnswerCache {
     }
 
     /// Keeps `answer` if the policy gave it a lifetime, and forgets any recent failure.
-    pub(crate) fn insert(&self, key: &[u8], answer: &Arc<Answer>) {
-        if answer.lifetime > 0 {
-            self.entries.insert(key.into(), Arc::clone(answer));
+    pub(crate) fn insert(&self, key: &[u8], entry: &Arc<Entry>) {
+        if entry.lifetime > 0 {
+            self.entries.insert(key.into(), Arc::clone(entry));
         }
         if !self.failures.is_empty() {
             self.failures.remove(key);
@@ -165,7 +253,7 @@ mod tests {
     use hickory_proto::rr::RecordType;
 
     use super::*;
-    use crate::answer::tests::{a, client_query, exchange, response_to, soa};
+    use crate::fixtures::{a, client_query, exchange, response_to, soa};
     use crate::query::{self, Key};
 
     const POLICY: TtlPolicy = TtlPolicy {
@@ -186,8 +274,7 @@ mod tests {
         let sent = Key(q.key.as_bytes()).upstream_query(1);
         let resp = response_to(&sent, rcode, answers, authority);
         let mut answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
-        policy.apply(&mut answer);
-        answer.lifetime
+        policy.apply(&mut answer)
     }
 
     #[test]
@@ -278,9 +365,9 @@ mod tests {
             vec![a("a.test.", 5, [1, 1, 1, 1])],
             ResponseCode::NoError,
         );
-        POLICY.apply(&mut answer);
+        let lifetime = POLICY.apply(&mut answer);
         let received = answer.received;
-        let answer = Arc::new(answer);
+        let answer = Arc::new(Entry::new(answer, lifetime));
         let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
         let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
         cache.insert(&key, &answer);
@@ -306,6 +393,29 @@ mod tests {
     }
 
     #[test]
+    fn prefetch_is_claimed_once_in_the_last_tenth_and_failed_refreshes_wait() {
+        let client = client_query("a.test.", RecordType::A, None);
+        let (_, mut answer) = exchange(
+            &client,
+            vec![a("a.test.", 100, [1, 1, 1, 1])],
+            ResponseCode::NoError,
+        );
+        let lifetime = POLICY.apply(&mut answer);
+        let received = answer.received;
+        let entry = Entry::new(answer, lifetime);
+        let at = |ms| received + Duration::from_millis(ms);
+        assert!(!entry.prefetch_due(at(89_999)));
+        assert!(entry.prefetch_due(at(90_000)), "the last tenth of 100 s");
+        assert!(entry.claim_prefetch(at(90_000)));
+        assert!(!entry.claim_prefetch(at(95_000)), "once per entry");
+        let window = Duration::from_secs(30);
+        assert!(!entry.refresh_blocked(at(120_000), window));
+        entry.refresh_failed_at(at(120_000));
+        assert!(entry.refresh_blocked(at(149_999), window));
+        assert!(!entry.refresh_blocked(at(150_000), window));
+    }
+
+    #[test]
     fn failures_are_remembered_briefly_and_forgotten_on_success() {
         let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::from_secs(2));
         let now = Instant::now();
@@ -326,9 +436,9 @@ mod tests {
                 vec![a(&name, 300, [1, 1, 1, 1])],
                 ResponseCode::NoError,
             );
-            POLICY.apply(&mut answer);
+            let lifetime = POLICY.apply(&mut answer);
             let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
-            cache.insert(&key, &Arc::new(answer));
+            cache.insert(&key, &Arc::new(Entry::new(answer, lifetime)));
             assert!(cache.len() <= 50);
         }
     }

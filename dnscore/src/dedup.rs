@@ -22,11 +22,11 @@ use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 
-use crate::answer::Answer;
+use crate::cache::Entry;
 use crate::error::Error;
 
 /// The outcome of one flight, shared by all its callers.
-pub(crate) type FlightResult = Result<(Arc<Answer>, SocketAddr), Error>;
+pub(crate) type FlightResult = Result<(Arc<Entry>, SocketAddr), Error>;
 
 /// One flight: its outcome channel and how many callers wait on it.
 struct Flight {

@@ -33,7 +33,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
         ) || answer.facts == Default::default(),
         "a scrubbed answer scrubs again"
     );
-    TtlPolicy {
+    let lifetime = TtlPolicy {
         min_ttl: 0,
         max_ttl: crate::defaults::MAX_TTL,
         negative_min_ttl: 0,
@@ -42,7 +42,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
     .apply(&mut answer);
     let mut out = Vec::new();
     answer.write_response(&q, Instant::now(), usize::from(u16::MAX), false, &mut out);
-    Some((out, answer.lifetime))
+    Some((out, lifetime))
 }
 
 /// The upstream query dnscore would send for `client` (ID 0x2a2a), if it is answerable: a

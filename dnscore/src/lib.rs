@@ -145,6 +145,8 @@ mod dedup;
 pub mod defaults;
 mod discovery;
 mod error;
+#[cfg(test)]
+mod fixtures;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -8,8 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::ResolverBuilder;
-use crate::answer::Answer;
-use crate::cache::{AnswerCache, Freshness};
+use crate::cache::{AnswerCache, Entry, Freshness};
 use crate::dedup::{Dedup, FlightResult, Role};
 use crate::error::{Error, UpstreamError};
 use crate::query::{self, OwnedQuery, Query};
@@ -57,7 +56,7 @@ pub struct Miss {
     query: Box<OwnedQuery>,
     transport: Transport,
     /// The expired entry the cache had, if any (RFC 8767).
-    stale: Option<Arc<Answer>>,
+    stale: Option<Arc<Entry>>,
 }
 
 impl Miss {
@@ -108,7 +107,7 @@ fn write_result(
 }
 
 /// An answer, how fresh, and the upstream it came from when it was fetched for this query.
-pub(crate) type Answered = (Arc<Answer>, Freshness, Option<SocketAddr>);
+pub(crate) type Answered = (Arc<Entry>, Freshness, Option<SocketAddr>);
 
 /// What [`Resolver::resolve_miss`] answered with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -284,7 +283,7 @@ impl Resolver {
         q: &Query<'_>,
         transport: Transport,
         out: &mut Vec<u8>,
-    ) -> Result<(), Option<Arc<Answer>>> {
+    ) -> Result<(), Option<Arc<Entry>>> {
         let now = Instant::now();
         match self.inner.cache.lookup(q.key.as_bytes(), now) {
             Some((answer, Freshness::Fresh)) => {
@@ -299,7 +298,7 @@ impl Resolver {
 
     /// Counts a hit and starts a prefetch if the entry is near its end.
     #[inline]
-    fn on_hit(&self, key: &[u8], answer: &Arc<Answer>, now: Instant) {
+    fn on_hit(&self, key: &[u8], answer: &Arc<Entry>, now: Instant) {
         self.inner.counters.hits.add(1);
         // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
         // leave the entry unclaimed for a caller inside one. The runtime is looked up only
@@ -334,7 +333,7 @@ impl Resolver {
     }
 
     /// The answer for a key the cache had no fresh answer for (`stale`: what it had).
-    async fn complete(&self, key: &[u8], stale: Option<Arc<Answer>>) -> Result<Answered, Error> {
+    async fn complete(&self, key: &[u8], stale: Option<Arc<Entry>>) -> Result<Answered, Error> {
         let now = Instant::now();
         let counters = &self.inner.counters;
         counters.misses.add(1);
@@ -380,10 +379,10 @@ impl Resolver {
                 Ok((mut answer, from)) => {
                     let serving = &inner.serving;
                     answer.scrub(serving.max_rrsigs, serving.minimal_responses);
-                    inner.cache.policy().apply(&mut answer);
-                    let answer = Arc::new(answer);
-                    inner.cache.insert(&key, &answer);
-                    Ok((answer, from))
+                    let lifetime = inner.cache.policy().apply(&mut answer);
+                    let entry = Arc::new(Entry::new(answer, lifetime));
+                    inner.cache.insert(&key, &entry);
+                    Ok((entry, from))
                 }
                 Err(err) => {
                     let now = Instant::now();

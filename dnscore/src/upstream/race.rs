@@ -396,7 +396,7 @@ mod tests {
     use hickory_proto::rr::RecordType;
 
     use super::*;
-    use crate::answer::tests::{a, client_query, exchange};
+    use crate::fixtures::{a, client_query, exchange};
 
     const MS: Duration = Duration::from_millis(1);
 
