@@ -4,6 +4,8 @@
 //! hop-by-hop, RFC 6891 §6.1.1). Answers are parsed once, when they arrive; a cache hit
 //! only copies.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::query::Query;
@@ -282,8 +284,21 @@ impl Answer {
         stale: bool,
         out: &mut Vec<u8>,
     ) {
-        let elapsed = u32::try_from(now.saturating_duration_since(self.received).as_secs())
-            .unwrap_or(u32::MAX);
+        let age = now.saturating_duration_since(self.received);
+        self.write_aged(query, age, limit, stale, out);
+    }
+
+    /// As [`write_response`](Self::write_response), `age` after the answer arrived (a hit
+    /// has measured it already: one clock subtraction per hit).
+    pub(crate) fn write_aged(
+        &self,
+        query: &Query<'_>,
+        age: Duration,
+        limit: usize,
+        stale: bool,
+        out: &mut Vec<u8>,
+    ) {
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
         let qflags = query.header.flags;
         let wants_ad = qflags & flag::AD != 0 || query.edns.is_some_and(|e| e.dnssec_ok);
         let ad = if wants_ad { self.flags() & flag::AD } else { 0 };

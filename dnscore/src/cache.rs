@@ -99,14 +99,16 @@ impl Entry {
         }
     }
 
-    fn age(&self, now: Instant) -> Duration {
+    /// How long ago its answer arrived, at `now`.
+    #[inline]
+    pub(crate) fn age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.answer.received)
     }
 
-    /// Fresh, stale (expired less than `max_stale` ago) or gone (`None`) at `now`.
+    /// Fresh, stale (expired less than `max_stale` ago) or gone (`None`) at `age` (see
+    /// [`age`](Self::age)).
     #[inline]
-    pub(crate) fn freshness(&self, now: Instant, max_stale: Duration) -> Option<Freshness> {
-        let age = self.age(now);
+    pub(crate) fn freshness(&self, age: Duration, max_stale: Duration) -> Option<Freshness> {
         let lifetime = Duration::from_secs(u64::from(self.lifetime));
         if age.as_secs() < u64::from(self.lifetime) {
             Some(Freshness::Fresh)
@@ -120,14 +122,14 @@ impl Entry {
     /// Whether a client asking at `now` should trigger a background refresh: the entry is
     /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
     /// true once.
-    pub(crate) fn claim_prefetch(&self, now: Instant) -> bool {
-        self.prefetch_due(now) && !self.prefetched.swap(true, Ordering::Relaxed)
+    pub(crate) fn claim_prefetch(&self, age: Duration) -> bool {
+        self.prefetch_due(age) && !self.prefetched.swap(true, Ordering::Relaxed)
     }
 
-    /// Whether the entry is in the last tenth of its lifetime and not claimed yet (a cheap
-    /// look, before [`claim_prefetch`](Self::claim_prefetch)).
-    pub(crate) fn prefetch_due(&self, now: Instant) -> bool {
-        let age = self.age(now).as_millis();
+    /// Whether the entry is in the last tenth of its lifetime at `age` and not claimed yet
+    /// (a cheap look, before [`claim_prefetch`](Self::claim_prefetch)).
+    pub(crate) fn prefetch_due(&self, age: Duration) -> bool {
+        let age = age.as_millis();
         let lifetime = u128::from(self.lifetime) * 1000;
         age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
     }
@@ -201,12 +203,17 @@ impl AnswerCache {
         }
     }
 
-    /// The answer for `key` at `now`, fresh or within the stale window.
+    /// The answer for `key` at `now`, fresh or within the stale window, and its age.
     #[inline]
-    pub(crate) fn lookup(&self, key: &[u8], now: Instant) -> Option<(Arc<Entry>, Freshness)> {
+    pub(crate) fn lookup(
+        &self,
+        key: &[u8],
+        now: Instant,
+    ) -> Option<(Arc<Entry>, Freshness, Duration)> {
         let entry = self.entries.get(key)?;
-        let freshness = entry.freshness(now, self.max_stale)?;
-        Some((entry, freshness))
+        let age = entry.age(now);
+        let freshness = entry.freshness(age, self.max_stale)?;
+        Some((entry, freshness, age))
     }
 
     /// Remembers that every upstream failed `key` at `now`.
@@ -374,7 +381,7 @@ mod tests {
         let at = |ms| {
             cache
                 .lookup(&key, received + Duration::from_millis(ms))
-                .map(|(_, f)| f)
+                .map(|(_, f, _)| f)
         };
         assert_eq!(at(4999), Some(Freshness::Fresh));
         assert_eq!(at(5000), None, "no stale window: gone at its TTL");
@@ -384,7 +391,7 @@ mod tests {
         let at = |ms| {
             stale
                 .lookup(&key, received + Duration::from_millis(ms))
-                .map(|(_, f)| f)
+                .map(|(_, f, _)| f)
         };
         assert_eq!(at(4999), Some(Freshness::Fresh));
         assert_eq!(at(5000), Some(Freshness::Stale), "expired: only ever stale");
@@ -403,11 +410,12 @@ mod tests {
         let lifetime = POLICY.apply(&mut answer);
         let received = answer.received;
         let entry = Entry::new(answer, lifetime);
+        let age = Duration::from_millis;
+        assert!(!entry.prefetch_due(age(89_999)));
+        assert!(entry.prefetch_due(age(90_000)), "the last tenth of 100 s");
+        assert!(entry.claim_prefetch(age(90_000)));
+        assert!(!entry.claim_prefetch(age(95_000)), "once per entry");
         let at = |ms| received + Duration::from_millis(ms);
-        assert!(!entry.prefetch_due(at(89_999)));
-        assert!(entry.prefetch_due(at(90_000)), "the last tenth of 100 s");
-        assert!(entry.claim_prefetch(at(90_000)));
-        assert!(!entry.claim_prefetch(at(95_000)), "once per entry");
         let window = Duration::from_secs(30);
         assert!(!entry.refresh_blocked(at(120_000), window));
         entry.refresh_failed_at(at(120_000));

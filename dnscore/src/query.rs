@@ -32,6 +32,7 @@ impl KeyBuf {
         }
     }
 
+    #[inline]
     fn push(&mut self, bytes: &[u8]) {
         self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
         self.len += bytes.len();
@@ -228,29 +229,24 @@ pub(crate) fn parse(msg: &[u8]) -> Result<Query<'_>, Rejection> {
 
     // The question name, lower-cased into the key. A query's question is the first name in
     // the message, so a compression pointer there can only be malformed.
-    let mut key = KeyBuf::new();
+    // The labels are walked first, then copied and lower-cased at once: a length octet
+    // (at most 63) is never an upper-case letter, so lower-casing leaves it alone.
     let mut pos = HEADER_LEN;
     loop {
         let Some(&len) = msg.get(pos) else {
             return Err(reply(rcode::FORMERR, None, None));
         };
         let label_len = usize::from(len);
-        if label_len > 63 || key.len + 1 + label_len > MAX_NAME_LEN {
+        pos += 1 + label_len;
+        if label_len > 63 || pos - HEADER_LEN > MAX_NAME_LEN {
             return Err(reply(rcode::FORMERR, None, None));
         }
-        let Some(label) = msg.get(pos + 1..pos + 1 + label_len) else {
-            return Err(reply(rcode::FORMERR, None, None));
-        };
-        key.push(&[len]);
-        let start = key.len;
-        key.push(label);
-        key.buf[start..key.len].make_ascii_lowercase();
-        pos += 1 + label_len;
         if label_len == 0 {
             break;
         }
     }
-    let (Ok(qtype), Ok(qclass)) = (u16_at(msg, pos), u16_at(msg, pos + 2)) else {
+    let name_len = pos - HEADER_LEN;
+    let (Ok(qtype), Some(question)) = (u16_at(msg, pos), msg.get(HEADER_LEN..pos + 4)) else {
         return Err(reply(rcode::FORMERR, None, None));
     };
     let question_end = pos + 4;
@@ -295,8 +291,10 @@ pub(crate) fn parse(msg: &[u8]) -> Result<Query<'_>, Rejection> {
         _ => {}
     }
 
-    key.push(&qtype.to_be_bytes());
-    key.push(&qclass.to_be_bytes());
+    // The key: the question (name lower-cased, type, class), then the flags.
+    let mut key = KeyBuf::new();
+    key.push(question);
+    key.buf[..name_len].make_ascii_lowercase();
     let mut key_flags = 0;
     if edns.is_some_and(|e| e.dnssec_ok) {
         key_flags |= KEY_DO;

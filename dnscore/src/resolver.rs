@@ -286,27 +286,27 @@ impl Resolver {
     ) -> Result<(), Option<Arc<Entry>>> {
         let now = Instant::now();
         match self.inner.cache.lookup(q.key.as_bytes(), now) {
-            Some((answer, Freshness::Fresh)) => {
-                self.on_hit(q.key.as_bytes(), &answer, now);
-                answer.write_response(q, now, transport.limit(q), false, out);
+            Some((answer, Freshness::Fresh, age)) => {
+                self.on_hit(q.key.as_bytes(), &answer, age);
+                answer.write_aged(q, age, transport.limit(q), false, out);
                 Ok(())
             }
-            Some((stale, Freshness::Stale)) => Err(Some(stale)),
+            Some((stale, Freshness::Stale, _)) => Err(Some(stale)),
             None => Err(None),
         }
     }
 
     /// Counts a hit and starts a prefetch if the entry is near its end.
     #[inline]
-    fn on_hit(&self, key: &[u8], answer: &Arc<Entry>, now: Instant) {
+    fn on_hit(&self, key: &[u8], answer: &Arc<Entry>, age: Duration) {
         self.inner.counters.hits.add(1);
         // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
         // leave the entry unclaimed for a caller inside one. The runtime is looked up only
         // near the end of the TTL (it clones the handle's Arc: not on every hit).
         if self.inner.serving.prefetch
-            && answer.prefetch_due(now)
+            && answer.prefetch_due(age)
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            && answer.claim_prefetch(now)
+            && answer.claim_prefetch(age)
         {
             self.inner.counters.prefetches.add(1);
             let (resolver, key) = (self.clone(), key.to_vec());
@@ -323,11 +323,11 @@ impl Resolver {
         let key = q.key.as_bytes();
         let now = Instant::now();
         match self.inner.cache.lookup(key, now) {
-            Some((answer, Freshness::Fresh)) => {
-                self.on_hit(key, &answer, now);
+            Some((answer, Freshness::Fresh, age)) => {
+                self.on_hit(key, &answer, age);
                 Ok((answer, Freshness::Fresh, None))
             }
-            Some((stale, Freshness::Stale)) => self.complete(key, Some(stale)).await,
+            Some((stale, Freshness::Stale, _)) => self.complete(key, Some(stale)).await,
             None => self.complete(key, None).await,
         }
     }
@@ -389,7 +389,7 @@ impl Resolver {
                     inner.cache.insert_failure(&key, now);
                     // A stale entry is then served at once, without asking again, for a
                     // while (RFC 8767 §4), even to clients that gave up waiting earlier.
-                    if let Some((stale, Freshness::Stale)) = inner.cache.lookup(&key, now) {
+                    if let Some((stale, Freshness::Stale, _)) = inner.cache.lookup(&key, now) {
                         stale.refresh_failed_at(now);
                     }
                     Err(Error::NoAnswer(Arc::new(err)))
