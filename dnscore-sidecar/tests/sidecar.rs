@@ -17,18 +17,6 @@ fn query(id: u16, name: &str, rtype: RecordType, edns: bool) -> Vec<u8> {
     dnscore_testkit::query(id, name, rtype, edns.then_some(512))
 }
 
-/// A UDP socket on 127.0.0.1 and a TCP listener on the same port (another socket may hold
-/// that TCP port: then another pair).
-async fn bind_both() -> (UdpSocket, TcpListener, SocketAddr) {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        if let Ok(tcp) = TcpListener::bind(addr).await {
-            return (udp, tcp, addr);
-        }
-    }
-}
-
 struct Sidecar {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -37,7 +25,7 @@ struct Sidecar {
 
 impl Sidecar {
     async fn start(upstreams: &[SocketAddr]) -> Self {
-        let (udp, tcp, addr) = bind_both().await;
+        let (udp, tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
         let resolver = Resolver::builder()
             .upstreams(upstreams.iter().copied())
             .attempt_timeout(Duration::from_millis(200))
@@ -471,7 +459,7 @@ fn the_binary_refuses_to_forward_to_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_connection_limit_holds() {
     let up = TestUpstream::start().await.unwrap();
-    let (udp, tcp, addr) = bind_both().await;
+    let (udp, tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
     let resolver = Resolver::builder().upstream(up.addr()).build().unwrap();
     let ctx = dnscore_sidecar::Context::new(resolver);
     let metrics = std::sync::Arc::clone(&ctx.metrics);
@@ -525,7 +513,7 @@ async fn tcp_connection_limit_holds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_drops_a_client_over_its_budget() {
     let up = TestUpstream::start().await.unwrap();
-    let (udp, tcp, addr) = bind_both().await;
+    let (udp, tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
     let resolver = Resolver::builder().upstream(up.addr()).build().unwrap();
     let mut ctx = dnscore_sidecar::Context::new(resolver.clone());
     ctx.rate_limit = Some(5);

@@ -13,7 +13,7 @@ use dnscore::proto::op::Message;
 use dnscore::proto::rr::rdata::A;
 use dnscore::proto::rr::{RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 
 fn query(id: u16, name: &str) -> Vec<u8> {
     dnscore_testkit::query(id, name, RecordType::A, None)
@@ -49,24 +49,13 @@ fn resolver(upstream: SocketAddr) -> Resolver {
         .unwrap()
 }
 
-/// A UDP socket on 127.0.0.1 and a TCP listener on the same port.
-async fn bind_both() -> (UdpSocket, TcpListener, SocketAddr) {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = udp.local_addr().unwrap();
-        if let Ok(tcp) = TcpListener::bind(addr).await {
-            return (udp, tcp, addr);
-        }
-    }
-}
-
 /// Before the real answer, the upstream sends an empty datagram, and a forged answer (right
 /// ID and question, address 6.6.6.6) from another port of the same address. The connected
 /// socket never sees the forgery; the empty datagram is dropped; the real answer is taken
 /// at once, not after a timeout.
 #[tokio::test]
 async fn empty_datagrams_and_answers_from_another_port_are_ignored() {
-    let (udp, _tcp, addr) = bind_both().await;
+    let (udp, _tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
     let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let asked = Arc::new(AtomicUsize::new(0));
     let count = Arc::clone(&asked);
@@ -105,7 +94,7 @@ async fn empty_datagrams_and_answers_from_another_port_are_ignored() {
 /// partial answer was never cached.
 #[tokio::test]
 async fn a_truncated_answer_with_some_records_is_asked_again_over_tcp() {
-    let (udp, tcp, addr) = bind_both().await;
+    let (udp, tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
     let all = [[192, 0, 2, 1], [192, 0, 2, 2], [192, 0, 2, 3]];
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
@@ -140,7 +129,7 @@ async fn a_truncated_answer_with_some_records_is_asked_again_over_tcp() {
 /// client gets its own answer (matched by ID and question, RFC 7766 §7).
 #[tokio::test]
 async fn pipelined_tcp_answers_out_of_order_reach_their_own_queries() {
-    let (udp, tcp, addr) = bind_both().await;
+    let (udp, tcp, addr) = dnscore_testkit::bind_udp_and_tcp().await;
     tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         while let Ok((len, peer)) = udp.recv_from(&mut buf).await {

@@ -84,6 +84,23 @@ pub fn query(id: u16, name: &str, rtype: RecordType, edns: Option<u16>) -> Vec<u
     m.to_vec().expect("an encodable query")
 }
 
+/// A UDP socket on 127.0.0.1 and a TCP listener on the same port, as a DNS server binds
+/// them (when another socket holds that TCP port, another pair is tried).
+///
+/// # Panics
+/// If no UDP socket can be bound on 127.0.0.1.
+pub async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener, SocketAddr) {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("a UDP socket on 127.0.0.1");
+        let addr = udp.local_addr().expect("a bound socket's address");
+        if let Ok(tcp) = TcpListener::bind(addr).await {
+            return (udp, tcp, addr);
+        }
+    }
+}
+
 /// The transport a query arrived over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Proto {
