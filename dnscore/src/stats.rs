@@ -107,7 +107,8 @@ pub struct UpstreamStats {
     pub timeouts: u64,
     /// Answers with a failure code (SERVFAIL, REFUSED, ...).
     pub error_rcodes: u64,
-    /// Answers by response code: `responses_by_rcode[3]` is the NXDOMAIN answers.
+    /// Answers by response code: `responses_by_rcode[3]` is the NXDOMAIN answers; an
+    /// extended code (16 and up) counts in `[15]`.
     pub responses_by_rcode: [u64; 16],
     /// Health probes (`. IN NS`, while it fails) that got no answer within the attempt
     /// timeout.

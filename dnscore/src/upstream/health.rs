@@ -71,8 +71,7 @@ pub(crate) struct Counters {
     pub(crate) attempts: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) timeouts: AtomicU64,
-    pub(crate) error_rcodes: AtomicU64,
-    /// Answers by response code (the header's 4 bits).
+    /// Answers by response code; an extended code (16 and up, from OPT) counts in 15.
     pub(crate) rcodes: [AtomicU64; 16],
     /// Health probes that got no answer in time.
     pub(crate) probe_failures: AtomicU64,

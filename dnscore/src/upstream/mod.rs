@@ -11,8 +11,9 @@
 //! Each attempt is UDP first, on one of the upstream's few sticky sockets (`udp`; a retry
 //! goes on a socket answered since the latest loss, or a new one); a truncated answer, or
 //! one whose socket saw a burst of forged datagrams, is asked again over TCP of the same
-//! upstream (`tcp`), and a truncated TCP answer is a failure. Transport failures mark an upstream down after a few
-//! in a row, which re-drives what is outstanding on it; a probe (`probe`) brings it back.
+//! upstream (`tcp`), and a truncated TCP answer is a failure. Transport failures mark an
+//! upstream down after a few in a row, which re-drives what is outstanding on it; a probe
+//! (`probe`) brings it back.
 //! `select` holds the selection policies; `health` what is known of each upstream.
 
 mod budget;
@@ -38,6 +39,7 @@ use crate::answer::Answer;
 use crate::error::UpstreamError;
 use crate::query::Key;
 use crate::stats::UpstreamStats;
+use crate::wire::rcode;
 
 use budget::{HedgeBudget, RetryBudget};
 use health::Health;
@@ -161,6 +163,8 @@ impl Pool {
             .iter()
             .map(|u| {
                 let c = &u.health.counters;
+                let rcodes: [u64; 16] =
+                    std::array::from_fn(|r| c.rcodes[r].load(Ordering::Relaxed));
                 UpstreamStats {
                     addr: u.addr,
                     healthy: !u.health.is_down(),
@@ -168,10 +172,13 @@ impl Pool {
                     attempts: c.attempts.load(Ordering::Relaxed),
                     failures: c.failures.load(Ordering::Relaxed),
                     timeouts: c.timeouts.load(Ordering::Relaxed),
-                    error_rcodes: c.error_rcodes.load(Ordering::Relaxed),
-                    responses_by_rcode: std::array::from_fn(|r| {
-                        c.rcodes[r].load(Ordering::Relaxed)
-                    }),
+                    error_rcodes: rcodes
+                        .iter()
+                        .enumerate()
+                        .filter(|&(r, _)| !matches!(r as u16, rcode::NOERROR | rcode::NXDOMAIN))
+                        .map(|(_, n)| n)
+                        .sum(),
+                    responses_by_rcode: rcodes,
                     probe_failures: c.probe_failures.load(Ordering::Relaxed),
                     redrives: c.redrives.load(Ordering::Relaxed),
                     sockets_opened: u64::from(u.udp.opened.load(Ordering::Relaxed)),
@@ -348,11 +355,8 @@ async fn attempt(
             result = &mut exchange => {
                 match &result {
                     Ok(answer) => {
-                        let rcode = usize::from(answer.rcode & 0xf);
-                        health.counters.rcodes[rcode].fetch_add(1, Ordering::Relaxed);
-                        if !answer.is_answer() {
-                            health.counters.error_rcodes.fetch_add(1, Ordering::Relaxed);
-                        }
+                        let code = usize::from(answer.rcode.min(15));
+                        health.counters.rcodes[code].fetch_add(1, Ordering::Relaxed);
                         health.record_answer(started.elapsed(), Instant::now());
                     }
                     Err(UpstreamError::CaseNotPreserved(addr)) => {
