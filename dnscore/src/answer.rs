@@ -153,9 +153,7 @@ impl Answer {
                         if rr.rtype == rtype::SOA {
                             facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
                         }
-                        let ns_related = rr.rtype == rtype::NS
-                            || (rr.rtype == rtype::RRSIG && get_u16(resp, rr.rdata) == rtype::NS);
-                        if ns_related {
+                        if crate::scrub::ns_or_its_rrsig(resp, &rr) {
                             ns_from = ns_from.or(Some((rr.start, nscount)));
                         } else if ns_from.is_some() {
                             mixed = true;

@@ -133,13 +133,13 @@ pub(crate) fn scrub(msg: &[u8], max_rrsigs: usize) -> Result<Option<Vec<u8>>, Ma
     cap_rrsigs(msg, &mut entries, max_rrsigs);
 
     // The authority section's NS set and its signatures last.
-    let ns_related = |e: &Entry| {
-        e.section == AUTHORITY
-            && (e.rr.rtype == rtype::NS
-                || (e.rr.rtype == rtype::RRSIG && covered(msg, &e.rr) == Some(rtype::NS)))
-    };
     let mut order: Vec<&Entry> = entries.iter().filter(|e| e.keep).collect();
-    order.sort_by_key(|e| (e.section, e.section == AUTHORITY && ns_related(e)));
+    order.sort_by_key(|e| {
+        (
+            e.section,
+            e.section == AUTHORITY && ns_or_its_rrsig(msg, &e.rr),
+        )
+    });
     let moved = order
         .iter()
         .zip(entries.iter().filter(|e| e.keep))
@@ -184,6 +184,12 @@ fn target(rr: &Record) -> Result<Option<usize>, Malformed> {
         return Err(Malformed);
     }
     Ok(Some(at))
+}
+
+/// Whether `rr` is an NS record or an RRSIG over one: in the authority section, what a
+/// minimal response leaves out (stored last there, see `Answer::write_response`).
+pub(crate) fn ns_or_its_rrsig(msg: &[u8], rr: &Record) -> bool {
+    rr.rtype == rtype::NS || covered(msg, rr) == Some(rtype::NS)
 }
 
 /// The type an RRSIG covers.
