@@ -162,9 +162,7 @@ impl Context {
             drop((waiting, hold));
         });
     }
-}
 
-impl Context {
     /// When the query log takes this query: the time it is taken, to measure it.
     fn sampled(&self) -> Option<std::time::Instant> {
         let share = self.query_log?;
@@ -175,8 +173,7 @@ impl Context {
 /// One line of the query log (target `dnscore::query`): client, protocol, name, type,
 /// response code, how the cache took part (`hit`, `miss`, or `stale`: an expired entry
 /// served because the upstreams failed or were slow), the upstream that answered a miss,
-/// and the time to the answer. With
-/// `--log-format json` each is a JSON object.
+/// and the time to the answer. With `--log-format json` each is a JSON object.
 fn log_query(
     client: Option<SocketAddr>,
     protocol: Protocol,
