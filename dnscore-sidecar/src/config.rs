@@ -66,6 +66,14 @@ pub enum Command {
     /// pod's DNS pointed at it: `dnscore-sidecar inject --upstream 10.100.0.10:53 < app.yaml |
     /// kubectl apply -f -`. Idempotent; other documents are copied unchanged.
     Inject(InjectFlags),
+    /// Serves a mutating admission webhook (HTTPS) that injects the sidecar into new pods
+    /// exactly as `inject` does: `POST /mutate` takes an AdmissionReview
+    /// (admission.k8s.io/v1); `/health`, `/ready` and `/metrics` on the same port.
+    Webhook(WebhookFlags),
+    /// Writes a CA and a serving certificate for the webhook's Service, for clusters without
+    /// cert-manager: ca.crt, tls.crt, tls.key and ca-bundle-patch.yaml (the caBundle for the
+    /// MutatingWebhookConfiguration, as a kustomize patch).
+    Cert(CertFlags),
 }
 
 /// Flags of `dnscore-sidecar inject` (no environment variables: those are the server's).
@@ -73,6 +81,65 @@ pub enum Command {
 pub struct InjectFlags {
     /// The manifest to read; `-` or nothing for standard input.
     pub file: Option<PathBuf>,
+    /// Namespace of objects that name none [default: default].
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// How to inject.
+    #[command(flatten)]
+    pub injection: InjectionFlags,
+}
+
+impl InjectFlags {
+    /// The injector's options: these flags over its defaults.
+    pub fn options(&self) -> crate::inject::InjectOptions {
+        let mut o = self.injection.options();
+        if let Some(ns) = &self.namespace {
+            o.namespace = ns.clone();
+        }
+        o
+    }
+}
+
+/// Flags of `dnscore-sidecar webhook`.
+#[derive(Debug, clap::Args)]
+pub struct WebhookFlags {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// The serving certificate chain (PEM), re-read when it changes.
+    #[arg(long)]
+    pub tls_cert: PathBuf,
+    /// The serving certificate's private key (PEM), re-read when it changes.
+    #[arg(long)]
+    pub tls_key: PathBuf,
+    /// How to inject (per-pod annotations override these).
+    #[command(flatten)]
+    pub injection: InjectionFlags,
+}
+
+/// Flags of `dnscore-sidecar cert`.
+#[derive(Debug, clap::Args)]
+pub struct CertFlags {
+    /// The webhook's Service.
+    #[arg(long, default_value = "dnscore-webhook")]
+    pub service: String,
+    /// The webhook's namespace.
+    #[arg(long, default_value = "dnscore-system")]
+    pub namespace: String,
+    /// The cluster domain, for the Service's full name.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Days the certificates are valid.
+    #[arg(long, default_value_t = 3650)]
+    pub days: u32,
+    /// The directory to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// How `inject` and `webhook` build the sidecar.
+#[derive(Debug, clap::Args)]
+pub struct InjectionFlags {
     /// The cluster DNS the sidecar forwards to, IP:PORT (repeatable) [default: 10.100.0.10:53].
     #[arg(long = "upstream", value_delimiter = ',')]
     pub upstreams: Vec<SocketAddr>,
@@ -82,9 +149,6 @@ pub struct InjectFlags {
     /// The sidecar's image [default: ghcr.io/dnscore/dnscore-sidecar:0.1.0].
     #[arg(long)]
     pub image: Option<String>,
-    /// Namespace of objects that name none [default: default].
-    #[arg(long)]
-    pub namespace: Option<String>,
     /// The cluster domain [default: cluster.local].
     #[arg(long)]
     pub cluster_domain: Option<String>,
@@ -100,13 +164,18 @@ pub struct InjectFlags {
     /// The sidecar's cache capacity [default: the sidecar's].
     #[arg(long)]
     pub cache_capacity: Option<usize>,
+    /// A nameserver after 127.0.0.1 in the pod's resolv.conf (the cluster DNS Service IP),
+    /// for lookups while the sidecar restarts; off by default: musl (Alpine) would ask it for
+    /// every name as well.
+    #[arg(long)]
+    pub fallback_nameserver: Option<IpAddr>,
     /// Do not set the pod sysctl net.ipv4.ip_unprivileged_port_start=53 (then the image must
     /// bind port 53 some other way).
     #[arg(long)]
     pub no_unprivileged_port_sysctl: bool,
 }
 
-impl InjectFlags {
+impl InjectionFlags {
     /// The injector's options: these flags over its defaults.
     pub fn options(&self) -> crate::inject::InjectOptions {
         let mut o = crate::inject::InjectOptions::default();
@@ -118,9 +187,6 @@ impl InjectFlags {
         }
         if let Some(image) = &self.image {
             o.image = image.clone();
-        }
-        if let Some(ns) = &self.namespace {
-            o.namespace = ns.clone();
         }
         if let Some(domain) = &self.cluster_domain {
             o.cluster_domain = domain.clone();
@@ -137,6 +203,7 @@ impl InjectFlags {
         if self.cache_capacity.is_some() {
             o.cache_capacity = self.cache_capacity;
         }
+        o.fallback_nameserver = self.fallback_nameserver;
         o.unprivileged_port_sysctl = !self.no_unprivileged_port_sysctl;
         o
     }

@@ -20,6 +20,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cert;
 pub mod config;
 pub mod inject;
 pub mod metrics;
@@ -28,6 +29,7 @@ pub mod resolv_conf;
 pub mod startup;
 pub mod tcp;
 pub mod udp;
+pub mod webhook;
 
 pub use tcp::{MAX_PIPELINED, MAX_TCP_CONNECTIONS, TCP_IDLE_TIMEOUT, serve_stream};
 

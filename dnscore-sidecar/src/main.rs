@@ -22,7 +22,8 @@ use clap::{CommandFactory, FromArgMatches};
 use dnscore_sidecar::access::Access;
 use dnscore_sidecar::admin::{Admin, serve_admin};
 use dnscore_sidecar::config::{
-    Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings, source_of,
+    CertFlags, Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings, WebhookFlags,
+    source_of,
 };
 use dnscore_sidecar::metrics::Metrics;
 use dnscore_sidecar::startup::{self, LoopProbe};
@@ -42,8 +43,11 @@ fn main() -> ExitCode {
         Ok(flags) => flags,
         Err(err) => err.exit(),
     };
-    if let Some(Command::Inject(inject)) = &flags.command {
-        return run_inject(inject);
+    match &flags.command {
+        Some(Command::Inject(inject)) => return run_inject(inject),
+        Some(Command::Webhook(webhook)) => return run_webhook(webhook),
+        Some(Command::Cert(cert)) => return run_cert(cert),
+        None => {}
     }
     let config = match load(&flags) {
         Ok(config) => config,
@@ -105,6 +109,91 @@ fn run_inject(flags: &InjectFlags) -> ExitCode {
         }
         Err(err) => {
             eprintln!("dnscore-sidecar inject: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `dnscore-sidecar webhook`: serves until SIGTERM or SIGINT.
+fn run_webhook(flags: &WebhookFlags) -> ExitCode {
+    use dnscore_sidecar::webhook::{Webhook, serve, tls::Certificates};
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let fail = |err: &dyn std::fmt::Display| {
+        eprintln!("dnscore-sidecar webhook: {err}");
+        ExitCode::from(2)
+    };
+    let webhook = match Webhook::new(flags.injection.options()) {
+        Ok(webhook) => Arc::new(webhook),
+        Err(err) => return fail(&err),
+    };
+    let certificates = match Certificates::load(&flags.tls_cert, &flags.tls_key) {
+        Ok(certificates) => Arc::new(certificates),
+        Err(err) => return fail(&err),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&err),
+    };
+    let served = runtime.block_on(async {
+        let listener = TcpListener::bind(flags.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", flags.listen))?;
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => return Err(format!("cannot handle signals: {e}")),
+        };
+        tracing::info!(listen = %flags.listen, "serving admission reviews on POST /mutate");
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("shutting down");
+        };
+        serve(listener, certificates, webhook, shutdown)
+            .await
+            .map_err(|e| format!("cannot set up TLS: {e}"))
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&err),
+    }
+}
+
+/// `dnscore-sidecar cert`: writes the files and says what to do with them.
+fn run_cert(flags: &CertFlags) -> ExitCode {
+    use dnscore_sidecar::cert::{CertRequest, generate, write};
+    let request = CertRequest {
+        service: flags.service.clone(),
+        namespace: flags.namespace.clone(),
+        cluster_domain: flags.cluster_domain.clone(),
+        days: flags.days,
+    };
+    match generate(&request).and_then(|files| write(&flags.out, &files)) {
+        Ok(paths) => {
+            for path in paths {
+                eprintln!("wrote {}", path.display());
+            }
+            eprintln!(
+                "certificate for {} (valid {} days); the self-managed overlay reads these files",
+                request.dns_names().join(", "),
+                request.days
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("dnscore-sidecar cert: {err}");
             ExitCode::from(2)
         }
     }
