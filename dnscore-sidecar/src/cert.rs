@@ -4,7 +4,7 @@
 //! kube-apiserver calls the webhook at `https://<service>.<namespace>.svc:443` and checks
 //! its certificate against the `caBundle` of the MutatingWebhookConfiguration, so the
 //! serving certificate names the Service's DNS names and the bundle is a CA of our own
-//! (not the cluster's). Keys are ECDSA P-256. [`generate`] makes the files; [`write`]
+//! (not the cluster's). Keys are ECDSA P-256. [`generate`] makes the files; [`write()`]
 //! puts them in a directory, the key readable by its owner only.
 
 use std::path::{Path, PathBuf};

@@ -121,6 +121,7 @@ fn run_webhook(flags: &WebhookFlags) -> ExitCode {
     fmt()
         .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let fail = |err: &dyn std::fmt::Display| {
         eprintln!("dnscore-sidecar webhook: {err}");
@@ -153,7 +154,8 @@ fn run_webhook(flags: &WebhookFlags) -> ExitCode {
             (Ok(term), Ok(int)) => (term, int),
             (Err(e), _) | (_, Err(e)) => return Err(format!("cannot handle signals: {e}")),
         };
-        tracing::info!(listen = %flags.listen, "serving admission reviews on POST /mutate");
+        let listen = listener.local_addr().unwrap_or(flags.listen);
+        tracing::info!(%listen, "serving admission reviews on POST /mutate");
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {}

@@ -411,3 +411,96 @@ fn empty_and_comment_only_streams_pass_through() {
         assert!(report.objects.is_empty());
     }
 }
+
+#[test]
+fn pod_template_annotations_tune_the_sidecar_and_a_fallback_keeps_dns_during_restarts() {
+    let manifest = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: shop}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata:
+      labels: {app: api}
+      annotations:
+        dnscore.io/upstream: 10.0.0.53
+        dnscore.io/ndots: \"1\"
+        dnscore.io/image: registry.internal/dnscore:1
+    spec:
+      containers: [{name: api, image: api:1}]
+";
+    let options = InjectOptions {
+        fallback_nameserver: Some("10.100.0.10".parse().unwrap()),
+        ..InjectOptions::default()
+    };
+    let report = inject(manifest, &options).unwrap();
+    let docs = documents(&report.output);
+    let spec = pod_spec(&docs[0]);
+    let sidecar = &spec.init_containers.as_deref().unwrap()[0];
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("registry.internal/dnscore:1")
+    );
+    let args = sidecar.args.as_deref().unwrap();
+    assert!(
+        args.contains(&"--upstream=10.0.0.53:53".to_owned()),
+        "{args:?}"
+    );
+    assert!(!args.contains(&"--upstream=10.100.0.10:53".to_owned()));
+    assert_eq!(ndots(&spec), "1");
+    let dns = spec.dns_config.as_ref().unwrap();
+    assert_eq!(
+        dns.nameservers.as_deref().unwrap(),
+        ["127.0.0.1", "10.100.0.10"]
+    );
+    let options_set: Vec<(&str, &str)> = dns
+        .options
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|o| (o.name.as_deref().unwrap(), o.value.as_deref().unwrap()))
+        .collect();
+    assert!(options_set.contains(&("timeout", "1")), "{options_set:?}");
+    assert!(options_set.contains(&("attempts", "2")), "{options_set:?}");
+    // Idempotent with the fallback too.
+    let again = inject(&report.output, &options).unwrap();
+    assert_eq!(again.output, report.output);
+    assert_eq!(again.objects[0].outcome, Outcome::AlreadyInjected);
+
+    let bad = manifest.replace("10.0.0.53", "kube-dns");
+    match inject(&bad, &InjectOptions::default()) {
+        Err(err @ InjectError::Annotation { .. }) => {
+            let text = err.to_string();
+            assert!(text.contains("dnscore.io/upstream"), "{text}");
+            assert!(text.contains("api"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_sidecar_is_moved_back_to_the_front_of_the_init_containers() {
+    let options = InjectOptions::default();
+    let once = inject(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  \
+         initContainers: [{name: migrate, image: m}]\n  containers: [{name: a, image: a}]\n",
+        &options,
+    )
+    .unwrap();
+    let mut doc = documents(&once.output).remove(0);
+    let init = doc["spec"]["initContainers"].as_sequence_mut().unwrap();
+    let sidecar = init.remove(0);
+    init.push(sidecar);
+    let moved = serde_norway::to_string(&doc).unwrap();
+    let report = inject(&moved, &options).unwrap();
+    assert_eq!(report.objects[0].outcome, Outcome::Injected);
+    let spec = pod_spec(&documents(&report.output)[0]);
+    let names: Vec<&str> = spec
+        .init_containers
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, [CONTAINER_NAME, "migrate"]);
+}

@@ -107,7 +107,7 @@ pub enum InjectError {
         /// The object's `metadata.name`, or `?`.
         name: String,
         /// What is wrong with the annotation.
-        source: AnnotationError,
+        source: Box<AnnotationError>,
     },
     /// A changed document could not be written back (not expected to happen).
     #[error("document {document}: cannot write YAML: {source}")]

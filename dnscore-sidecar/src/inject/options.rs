@@ -157,11 +157,14 @@ impl InjectOptions {
         annotations: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<(Self, Vec<String>), AnnotationError> {
         let mut options = self.clone();
-        let mut unknown = Vec::new();
+        let (mut unknown, mut applied) = (Vec::new(), Vec::new());
         for (key, value) in annotations {
             let Some(name) = key.strip_prefix(ANNOTATION_PREFIX) else {
                 continue;
             };
+            if OPTION_ANNOTATIONS.contains(&name) {
+                applied.push(format!("{key}={value}"));
+            }
             let bad = |reason: &str| AnnotationError {
                 annotation: key.to_owned(),
                 value: value.to_owned(),
@@ -204,9 +207,10 @@ impl InjectOptions {
                 _ => unknown.push(key.to_owned()),
             }
         }
+        // Each value parsed; together they may still make a broken pod (no upstream left).
         options.validate().map_err(|err| AnnotationError {
-            annotation: "dnscore.io/*".to_owned(),
-            value: String::new(),
+            annotation: "dnscore.io/".to_owned(),
+            value: applied.join(" "),
             reason: err.to_string(),
         })?;
         Ok((options, unknown))

@@ -92,7 +92,7 @@ impl Doc<'_> {
                     document: self.document,
                     kind: report.kind.clone(),
                     name: report.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             for key in unknown {
                 report.notes.push(format!(

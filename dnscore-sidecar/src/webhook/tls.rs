@@ -53,7 +53,7 @@ pub enum TlsError {
 }
 
 /// What identifies the files' current contents without reading them.
-type Stamp = [Option<(SystemTime, u64)>; 2];
+type Stamp = [Option<(SystemTime, u64, u64)>; 2];
 
 /// The serving certificate, for rustls, kept up to date with its files.
 #[derive(Debug)]
@@ -140,9 +140,11 @@ impl ResolvesServerCert for Certificates {
 fn stamp(cert: &Path, key: &Path) -> Stamp {
     [cert, key].map(|path| {
         // Follows symlinks: the kubelet's swap of `..data` changes the target's metadata.
-        std::fs::metadata(path)
-            .ok()
-            .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        std::fs::metadata(path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            let modified = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            (modified, m.len(), m.ino())
+        })
     })
 }
 
