@@ -7,21 +7,17 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use dnscore_sidecar::webhook::test_client::{Answer, Client, admission_review, replica_set_pod};
 use k8s_openapi::api::core::v1::Pod;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dnscore-sidecar");
-const SERVICE_NAME: &str = "dnscore-webhook.dnscore-system.svc";
 
 /// A directory of its own under the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -112,15 +108,7 @@ impl Drop for Webhook {
     }
 }
 
-/// What a TLS handshake showed, and the answer to one request.
-struct Answer {
-    status: u16,
-    body: Vec<u8>,
-    alpn: Option<Vec<u8>>,
-    peer: Vec<u8>,
-}
-
-/// One request on a new connection, verified against the CA in `ca`.
+/// One request on a new connection, trusting the CA in `ca`.
 async fn request(
     addr: SocketAddr,
     ca: &Path,
@@ -129,133 +117,15 @@ async fn request(
     path: &str,
     body: Vec<u8>,
 ) -> Answer {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![if http2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(SERVICE_NAME).unwrap(), tcp)
-        .await
-        .unwrap();
-    let (_, session) = tls.get_ref();
-    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let peer = session.peer_certificates().unwrap()[0].to_vec();
-    let request = hyper::Request::builder()
-        .method(method)
-        .uri(format!("https://{SERVICE_NAME}{path}"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = if http2 {
-        let (mut sender, connection) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
-    } else {
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        sender.send_request(request).await.unwrap()
-    };
-    let status = response.status().as_u16();
-    let body = response
-        .into_body()
-        .collect()
+    Client::trusting(&[ca])
+        .unwrap()
+        .request(addr, http2, method, path, body)
         .await
         .unwrap()
-        .to_bytes()
-        .to_vec();
-    Answer {
-        status,
-        body,
-        alpn,
-        peer,
-    }
 }
 
-/// An AdmissionReview as kube-apiserver sends it for `object`.
-fn admission_review(object: Value, operation: &str) -> Value {
-    let kind = object["kind"].as_str().unwrap_or("Pod").to_owned();
-    let group = match kind.as_str() {
-        "Deployment" => "apps",
-        _ => "",
-    };
-    let version = "v1";
-    let resource = format!("{}s", kind.to_lowercase());
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": group, "version": version, "kind": kind},
-            "resource": {"group": group, "version": version, "resource": resource},
-            "requestKind": {"group": group, "version": version, "kind": kind},
-            "requestResource": {"group": group, "version": version, "resource": resource},
-            "name": object["metadata"]["name"].as_str().unwrap_or(""),
-            "namespace": "shop",
-            "operation": operation,
-            "userInfo": {
-                "username": "system:serviceaccount:kube-system:replicaset-controller",
-                "uid": "b4a6d6cb-8c3e-4b1f-a0bd-0c2f4c1a7a11",
-                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
-            },
-            "object": object,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
-        }
-    })
-}
-
-/// A pod as a ReplicaSet creates it: no name yet, no namespace in its metadata.
 fn pod() -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "generateName": "web-7d4b9c5f6-",
-            "labels": {"app": "web", "pod-template-hash": "7d4b9c5f6"},
-            "ownerReferences": [{
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c5f6",
-                "uid": "0b7c3f3e-3c49-4bd2-9d83-2b8f6d5f3a10", "controller": true,
-                "blockOwnerDeletion": true
-            }]
-        },
-        "spec": {
-            "initContainers": [{"name": "migrate", "image": "shop/migrate:3"}],
-            "containers": [{
-                "name": "web", "image": "nginx:1.27",
-                "ports": [{"containerPort": 80, "protocol": "TCP"}],
-                "resources": {}, "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"
-            }],
-            "restartPolicy": "Always",
-            "terminationGracePeriodSeconds": 30,
-            "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default",
-            "securityContext": {},
-            "schedulerName": "default-scheduler",
-            "enableServiceLinks": true,
-            "preemptionPolicy": "PreemptLowerPriority",
-            "priority": 0
-        }
-    })
+    replica_set_pod()
 }
 
 /// The response of one review, checked for the fields every response must have.

@@ -14,6 +14,8 @@
 //! The certificate files are re-read when they change ([`tls`]).
 
 pub mod review;
+#[cfg(feature = "test-util")]
+pub mod test_client;
 pub mod tls;
 
 use std::convert::Infallible;
