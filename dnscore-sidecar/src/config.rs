@@ -112,6 +112,10 @@ pub struct WebhookFlags {
     /// The serving certificate's private key (PEM), re-read when it changes.
     #[arg(long)]
     pub tls_key: PathBuf,
+    /// After SIGTERM, how long to go on answering while /ready fails, so that
+    /// kube-apiserver stops sending reviews before the port closes.
+    #[arg(long, default_value = "5s")]
+    pub shutdown_delay: DurationArg,
     /// How to inject (per-pod annotations override these).
     #[command(flatten)]
     pub injection: InjectionFlags,

@@ -128,7 +128,7 @@ fn run_webhook(flags: &WebhookFlags) -> ExitCode {
         ExitCode::from(2)
     };
     let webhook = match Webhook::new(flags.injection.options()) {
-        Ok(webhook) => Arc::new(webhook),
+        Ok(webhook) => Arc::new(webhook.with_shutdown_delay(flags.shutdown_delay.0)),
         Err(err) => return fail(&err),
     };
     let certificates = match Certificates::load(&flags.tls_cert, &flags.tls_key) {

@@ -476,14 +476,31 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     }
 }
 
-#[test]
-fn sigterm_stops_the_webhook_cleanly() {
-    let mut webhook = Webhook::start(&[]);
+#[tokio::test]
+async fn after_sigterm_it_fails_ready_but_answers_for_the_delay_then_exits() {
+    let mut webhook = Webhook::start(&["--shutdown-delay", "1s"]);
+    let body = serde_json::to_vec(&admission_review(pod(), "CREATE")).unwrap();
     let status = Command::new("kill")
         .args(["-TERM", &webhook.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = request(
+        webhook.addr,
+        &webhook.ca(),
+        true,
+        "GET",
+        "/ready",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(ready.status, 503, "not ready once SIGTERM arrived");
+    let answer = request(webhook.addr, &webhook.ca(), true, "POST", "/mutate", body).await;
+    assert_eq!(
+        answer.status, 200,
+        "reviews are still answered during the delay"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(status) = webhook.child.try_wait().unwrap() {
@@ -494,8 +511,12 @@ fn sigterm_stops_the_webhook_cleanly() {
             Instant::now() < deadline,
             "still running 10 s after SIGTERM"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert!(
+        tokio::net::TcpStream::connect(webhook.addr).await.is_err(),
+        "the port is closed"
+    );
 }
 
 #[test]

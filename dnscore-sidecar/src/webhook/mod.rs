@@ -6,8 +6,11 @@
 //! - `POST /mutate`: an AdmissionReview (`admission.k8s.io/v1`) in, one out. A body that
 //!   is not an AdmissionReview gets 400 with the reason; a body over [`MAX_BODY`] gets 413.
 //! - `GET /health`: 200 while the process serves (liveness).
-//! - `GET /ready`: 200 once the certificate is loaded, 503 after SIGTERM (readiness), so
-//!   the Service stops sending requests before the process exits.
+//! - `GET /ready`: 200 once the certificate is loaded; 503 from SIGTERM on, while the
+//!   webhook goes on answering for the shutdown delay (`--shutdown-delay`, default 5 s):
+//!   kube-apiserver learns of the pod's removal from the Service's endpoints a moment
+//!   later, and a review sent to a closed port would let a pod start without the sidecar
+//!   (`failurePolicy: Ignore`).
 //! - `GET /metrics`: `dnscore_webhook_admission_requests_total{outcome}` and
 //!   `dnscore_webhook_admission_duration_seconds` (Prometheus text).
 //!
@@ -42,9 +45,14 @@ use crate::inject::InjectOptions;
 use review::ReviewOutcome;
 use tls::Certificates;
 
-/// Largest AdmissionReview accepted: kube-apiserver's own limit on a request body is 3 MiB,
-/// and the review carries the object once (twice for updates, which are not asked for).
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest AdmissionReview accepted. A pod is at most what etcd stores (1.5 MiB by
+/// default) and the review carries it once (twice for updates, which are not asked for).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+/// Reviews read and answered at once; more wait. With [`MAX_BODY`] this bounds the memory
+/// bodies can take (32 MiB, far above real pods, which are a few KiB).
+const MAX_REVIEWS: usize = 16;
+/// Default `--shutdown-delay`.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// Time a client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to send a request's head.
@@ -64,6 +72,8 @@ struct OutcomeLabel {
 pub struct Webhook {
     options: InjectOptions,
     ready: AtomicBool,
+    reviews: tokio::sync::Semaphore,
+    shutdown_delay: Duration,
     requests: Family<OutcomeLabel, Counter>,
     duration: Histogram,
     registry: Registry,
@@ -99,10 +109,18 @@ impl Webhook {
         Ok(Self {
             options,
             ready: AtomicBool::new(true),
+            reviews: tokio::sync::Semaphore::new(MAX_REVIEWS),
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             requests,
             duration,
             registry,
         })
+    }
+
+    /// Sets how long it goes on answering after shutdown begins, with `/ready` failing.
+    pub fn with_shutdown_delay(mut self, delay: Duration) -> Self {
+        self.shutdown_delay = delay;
+        self
     }
 
     /// Answers one request.
@@ -137,6 +155,9 @@ impl Webhook {
     }
 
     async fn mutate(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Ok(_turn) = self.reviews.acquire().await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+        };
         let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
             Ok(body) => body.to_bytes(),
             Err(err) => {
@@ -189,8 +210,9 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     response
 }
 
-/// Serves HTTPS on `listener` until `shutdown` completes; then `/ready` fails, no new
-/// connection is taken, and requests in flight get up to 10 s to finish.
+/// Serves HTTPS on `listener` until `shutdown` completes; then `/ready` fails while it goes
+/// on serving for the webhook's shutdown delay; then no new connection is taken, and
+/// requests in flight get up to 10 s to finish.
 pub async fn serve(
     listener: TcpListener,
     certificates: Arc<Certificates>,
@@ -206,6 +228,11 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    let shutdown = async {
+        shutdown.await;
+        webhook.ready.store(false, Ordering::Relaxed);
+        tokio::time::sleep(webhook.shutdown_delay).await;
+    };
     tokio::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -249,7 +276,6 @@ pub async fn serve(
             }
         });
     }
-    webhook.ready.store(false, Ordering::Relaxed);
     drop(listener);
     watcher.abort();
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
