@@ -45,12 +45,14 @@ use crate::inject::InjectOptions;
 use review::ReviewOutcome;
 use tls::Certificates;
 
-/// Largest AdmissionReview accepted. A pod is at most what etcd stores (1.5 MiB by
-/// default) and the review carries it once (twice for updates, which are not asked for).
-pub const MAX_BODY: usize = 2 * 1024 * 1024;
-/// Reviews read and answered at once; more wait. With [`MAX_BODY`] this bounds the memory
-/// bodies can take (32 MiB, far above real pods, which are a few KiB).
-const MAX_REVIEWS: usize = 16;
+/// Largest AdmissionReview accepted: 1 MiB. Real pods are a few KiB; etcd stores objects
+/// of 1.5 MiB at most, and a pod refused here is only created without the sidecar.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Reviews read and answered at once; more wait. A review takes a fraction of a
+/// millisecond of CPU, so a few in parallel keep both cores busy, and with [`MAX_BODY`]
+/// this bounds what bodies and their parsed trees can take, well under the Deployment's
+/// memory limit.
+const MAX_REVIEWS: usize = 4;
 /// Default `--shutdown-delay`.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// Time a client has for its TLS handshake.
