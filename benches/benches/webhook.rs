@@ -34,12 +34,15 @@ fn main() {
         50
     };
     let dir = std::env::temp_dir().join(format!("dnscore-webhook-bench-{}", std::process::id()));
-    let files = generate(&CertRequest {
-        service: "dnscore-webhook".into(),
-        namespace: "dnscore-system".into(),
-        cluster_domain: "cluster.local".into(),
-        days: 1,
-    })
+    let files = generate(
+        &CertRequest {
+            service: "dnscore-webhook".into(),
+            namespace: "dnscore-system".into(),
+            cluster_domain: "cluster.local".into(),
+            days: 1,
+        },
+        None,
+    )
     .expect("certificate");
     write(&dir, &files).expect("certificate files");
 

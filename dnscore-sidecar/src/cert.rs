@@ -5,15 +5,20 @@
 //! its certificate against the `caBundle` of the MutatingWebhookConfiguration, so the
 //! serving certificate names the Service's DNS names and the bundle is a CA of our own
 //! (not the cluster's). Keys are ECDSA P-256. [`generate`] makes the files; [`write()`]
-//! puts them in a directory, the key readable by its owner only.
+//! puts them in a directory, the keys readable by their owner only.
+//!
+//! Renewal keeps the CA: given the CA of an earlier run (`ca.crt` and `ca.key` in the
+//! output directory), only a new serving certificate is made, so the caBundle stays the
+//! same and a renewal never leaves the API server unable to verify the webhook.
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
 };
+use rustls::pki_types::pem::PemObject;
 
 /// What the certificate is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,8 @@ pub struct CertRequest {
 pub struct CertFiles {
     /// The CA certificate (PEM).
     pub ca_cert: String,
+    /// The CA's private key (PEM, PKCS#8): kept for renewals, never deployed.
+    pub ca_key: String,
     /// The serving certificate (PEM).
     pub tls_cert: String,
     /// The serving certificate's private key (PEM, PKCS#8).
@@ -56,6 +63,9 @@ pub enum CertError {
     /// `days` is zero.
     #[error("invalid days: must be at least 1")]
     InvalidDays,
+    /// The CA given to sign with is not one of ours (or its key is not its key).
+    #[error("the existing CA cannot be used: {0} (pass --new-ca to make a new one)")]
+    ExistingCa(String),
     /// The certificate library refused.
     #[error("cannot make the certificate: {0}")]
     Generate(#[from] rcgen::Error),
@@ -83,8 +93,15 @@ impl CertRequest {
     }
 }
 
-/// A fresh CA and a serving certificate it signed.
-pub fn generate(request: &CertRequest) -> Result<CertFiles, CertError> {
+/// The CA's name: the same for every run, so that a CA of an earlier run can sign again.
+const CA_NAME: &str = "dnscore webhook CA";
+
+/// A serving certificate signed by the CA of an earlier run (`existing_ca`: its
+/// certificate and key, PEM), or by a fresh CA.
+pub fn generate(
+    request: &CertRequest,
+    existing_ca: Option<(&str, &str)>,
+) -> Result<CertFiles, CertError> {
     for (field, value) in [
         ("service", &request.service),
         ("namespace", &request.namespace),
@@ -113,17 +130,29 @@ pub fn generate(request: &CertRequest) -> Result<CertFiles, CertError> {
 
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.distinguished_name.push(
-        DnType::CommonName,
-        format!("dnscore webhook CA ({})", request.namespace),
-    );
+    ca.distinguished_name.push(DnType::CommonName, CA_NAME);
     ca.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
     (ca.not_before, ca.not_after) = (not_before, not_after);
-    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let (ca, ca_cert, ca_key) = match existing_ca {
+        // Same subject and key as the CA certificate: what it signs chains to it (the
+        // issuer name is its subject, the authority key id its key's).
+        Some((cert, key)) => {
+            let key = KeyPair::from_pem(key).map_err(|e| CertError::ExistingCa(e.to_string()))?;
+            check_existing_ca(cert, &key)?;
+            let ca_key = key.serialize_pem();
+            (Issuer::new(ca, key), cert.to_owned(), ca_key)
+        }
+        None => {
+            let key = KeyPair::generate()?;
+            let cert = ca.self_signed(&key)?.pem();
+            let ca_key = key.serialize_pem();
+            (Issuer::new(ca, key), cert, ca_key)
+        }
+    };
 
     let mut serving = CertificateParams::new(request.dns_names())?;
     serving.distinguished_name.push(
@@ -137,13 +166,34 @@ pub fn generate(request: &CertRequest) -> Result<CertFiles, CertError> {
     let key = KeyPair::generate()?;
     let cert = serving.signed_by(&key, &ca)?;
 
-    let ca_cert = ca.pem();
     Ok(CertFiles {
         ca_bundle: base64::engine::general_purpose::STANDARD.encode(&ca_cert),
         ca_cert,
+        ca_key,
         tls_cert: cert.pem(),
         tls_key: key.serialize_pem(),
     })
+}
+
+/// Checks that `cert` is a CA certificate of `key` (its public key is in it) made by this
+/// command (its subject is [`CA_NAME`]); rcgen has no certificate parser without more
+/// dependencies, so both are found in the DER.
+fn check_existing_ca(cert: &str, key: &KeyPair) -> Result<(), CertError> {
+    use rcgen::PublicKeyData;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
+        .map_err(|e| CertError::ExistingCa(format!("ca.crt: {e}")))?;
+    let contains = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
+    if !contains(key.der_bytes()) {
+        return Err(CertError::ExistingCa(
+            "ca.key is not the key of ca.crt".to_owned(),
+        ));
+    }
+    if !contains(CA_NAME.as_bytes()) {
+        return Err(CertError::ExistingCa(format!(
+            "ca.crt was not made by `dnscore-sidecar cert` (its subject is not {CA_NAME:?})"
+        )));
+    }
+    Ok(())
 }
 
 /// The kustomize patch that sets `caBundle` on the two webhooks of
@@ -160,8 +210,8 @@ pub fn ca_bundle_patch(ca_bundle: &str) -> String {
     patch
 }
 
-/// Writes `ca.crt`, `tls.crt`, `tls.key` (mode 0600) and `ca-bundle-patch.yaml` into `dir`,
-/// creating it; returns the paths written.
+/// Writes `ca.crt`, `ca.key` and `tls.key` (both mode 0600), `tls.crt` and
+/// `ca-bundle-patch.yaml` into `dir`, creating it; returns the paths written.
 pub fn write(dir: &Path, files: &CertFiles) -> Result<Vec<PathBuf>, CertError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -174,6 +224,7 @@ pub fn write(dir: &Path, files: &CertFiles) -> Result<Vec<PathBuf>, CertError> {
     let mut written = Vec::new();
     for (name, text, mode) in [
         ("ca.crt", files.ca_cert.as_str(), 0o644),
+        ("ca.key", files.ca_key.as_str(), 0o600),
         ("tls.crt", files.tls_cert.as_str(), 0o644),
         ("tls.key", files.tls_key.as_str(), 0o600),
         ("ca-bundle-patch.yaml", patch.as_str(), 0o644),
@@ -208,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_serving_certificate_names_the_service() {
-        let files = generate(&request()).unwrap();
+        let files = generate(&request(), None).unwrap();
         assert!(files.ca_cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(files.tls_key.starts_with("-----BEGIN PRIVATE KEY-----"));
         let decoded = base64::engine::general_purpose::STANDARD
@@ -231,12 +282,28 @@ mod tests {
                 service: service.to_owned(),
                 ..request()
             };
-            assert!(matches!(generate(&bad), Err(CertError::InvalidName { .. })));
+            assert!(matches!(
+                generate(&bad, None),
+                Err(CertError::InvalidName { .. })
+            ));
         }
         let zero = CertRequest {
             days: 0,
             ..request()
         };
-        assert!(matches!(generate(&zero), Err(CertError::InvalidDays)));
+        assert!(matches!(generate(&zero, None), Err(CertError::InvalidDays)));
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_ca_and_refuses_a_key_that_is_not_its_own() {
+        let first = generate(&request(), None).unwrap();
+        let second = generate(&request(), Some((&first.ca_cert, &first.ca_key))).unwrap();
+        assert_eq!(second.ca_bundle, first.ca_bundle);
+        assert_ne!(second.tls_cert, first.tls_cert);
+        let other = generate(&request(), None).unwrap();
+        assert!(matches!(
+            generate(&request(), Some((&first.ca_cert, &other.ca_key))),
+            Err(CertError::ExistingCa(_))
+        ));
     }
 }

@@ -136,9 +136,13 @@ pub struct CertFlags {
     /// Days the certificates are valid.
     #[arg(long, default_value_t = 3650)]
     pub days: u32,
-    /// The directory to write into (created if missing).
+    /// The directory to write into (created if missing). A CA already there (ca.crt and
+    /// ca.key, from an earlier run) signs the new certificate, so the caBundle stays.
     #[arg(long)]
     pub out: PathBuf,
+    /// Make a new CA even if the directory holds one (the caBundle changes).
+    #[arg(long)]
+    pub new_ca: bool,
 }
 
 /// How `inject` and `webhook` build the sidecar.

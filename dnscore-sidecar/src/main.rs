@@ -182,7 +182,28 @@ fn run_cert(flags: &CertFlags) -> ExitCode {
         cluster_domain: flags.cluster_domain.clone(),
         days: flags.days,
     };
-    match generate(&request).and_then(|files| write(&flags.out, &files)) {
+    let (ca_cert, ca_key) = (flags.out.join("ca.crt"), flags.out.join("ca.key"));
+    let existing = match (flags.new_ca, ca_cert.exists() && ca_key.exists()) {
+        (false, true) => match (
+            std::fs::read_to_string(&ca_cert),
+            std::fs::read_to_string(&ca_key),
+        ) {
+            (Ok(cert), Ok(key)) => Some((cert, key)),
+            (Err(err), _) | (_, Err(err)) => {
+                eprintln!("dnscore-sidecar cert: cannot read the existing CA: {err}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    if existing.is_some() {
+        eprintln!(
+            "signing with the existing CA in {} (the caBundle stays)",
+            flags.out.display()
+        );
+    }
+    let existing = existing.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+    match generate(&request, existing).and_then(|files| write(&flags.out, &files)) {
         Ok(paths) => {
             for path in paths {
                 eprintln!("wrote {}", path.display());

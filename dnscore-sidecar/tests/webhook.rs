@@ -419,7 +419,6 @@ async fn bad_requests_get_400_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let webhook = Webhook::start(&[]);
-    let served = |answer: &Answer| answer.peer.clone();
     let first = request(
         webhook.addr,
         &webhook.ca(),
@@ -430,7 +429,7 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     )
     .await;
     let old = CertificateDer::from_pem_file(webhook.certs.0.join("tls.crt")).unwrap();
-    assert_eq!(served(&first), old.to_vec());
+    assert_eq!(first.peer, old.to_vec());
 
     // A new pair, swapped in the way the kubelet updates a Secret volume: renames.
     let next = TempDir::new();
@@ -447,26 +446,50 @@ async fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
     let mut cas = std::fs::read_to_string(webhook.ca()).unwrap();
     cas.push_str(&std::fs::read_to_string(next.0.join("ca.crt")).unwrap());
     std::fs::write(&both, cas).unwrap();
+    wait_until_served(&webhook, &both, &new).await;
+    // And a client that knows only the new CA connects.
+    let answer = request(
+        webhook.addr,
+        &next.0.join("ca.crt"),
+        true,
+        "GET",
+        "/ready",
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+}
+
+#[tokio::test]
+async fn a_renewal_by_cert_keeps_the_ca_so_clients_verify_the_new_certificate() {
+    let webhook = Webhook::start(&[]);
+    // The caBundle the API server has: the first run's CA, kept apart.
+    let bundle = TempDir::new();
+    let ca = bundle.0.join("ca.crt");
+    std::fs::copy(webhook.ca(), &ca).unwrap();
+    let old = CertificateDer::from_pem_file(webhook.certs.0.join("tls.crt")).unwrap();
+    cert(&webhook.certs.0);
+    let new = CertificateDer::from_pem_file(webhook.certs.0.join("tls.crt")).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(
+        std::fs::read(&ca).unwrap(),
+        std::fs::read(webhook.ca()).unwrap(),
+        "the CA is kept"
+    );
+    wait_until_served(&webhook, &ca, &new).await;
+}
+
+/// Makes new connections, trusting `ca`, until the webhook presents `expected`.
+async fn wait_until_served(webhook: &Webhook, ca: &Path, expected: &CertificateDer<'_>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut handshakes = 0;
     loop {
         handshakes += 1;
-        let answer = request(webhook.addr, &both, true, "GET", "/ready", Vec::new()).await;
-        if served(&answer) == new.to_vec() {
-            assert_eq!(answer.status, 200);
-            // And a client that knows only the new CA connects.
-            let answer = request(
-                webhook.addr,
-                &next.0.join("ca.crt"),
-                true,
-                "GET",
-                "/ready",
-                Vec::new(),
-            )
-            .await;
+        let answer = request(webhook.addr, ca, true, "GET", "/ready", Vec::new()).await;
+        if answer.peer == expected.to_vec() {
             assert_eq!(answer.status, 200);
             eprintln!("new certificate served after {handshakes} handshakes");
-            break;
+            return;
         }
         assert!(
             Instant::now() < deadline,
