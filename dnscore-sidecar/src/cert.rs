@@ -137,20 +137,21 @@ pub fn generate(
         KeyUsagePurpose::DigitalSignature,
     ];
     (ca.not_before, ca.not_after) = (not_before, not_after);
-    let (ca, ca_cert, ca_key) = match existing_ca {
-        // Same subject and key as the CA certificate: what it signs chains to it (the
-        // issuer name is its subject, the authority key id its key's).
+    let (ca, ca_cert, ca_key, ca_expires) = match existing_ca {
         Some((cert, key)) => {
-            let key = KeyPair::from_pem(key).map_err(|e| CertError::ExistingCa(e.to_string()))?;
-            check_existing_ca(cert, &key)?;
-            let ca_key = key.serialize_pem();
-            (Issuer::new(ca, key), cert.to_owned(), ca_key)
+            let key = KeyPair::from_pem(key)
+                .map_err(|e| CertError::ExistingCa(format!("ca.key: {e}")))?;
+            let expires = check_existing_ca(cert, &key, now)?;
+            let issuer = Issuer::from_ca_cert_pem(cert, key)
+                .map_err(|e| CertError::ExistingCa(format!("ca.crt: {e}")))?;
+            let ca_key = issuer.key().serialize_pem();
+            (issuer, cert.to_owned(), ca_key, Some(expires))
         }
         None => {
             let key = KeyPair::generate()?;
             let cert = ca.self_signed(&key)?.pem();
             let ca_key = key.serialize_pem();
-            (Issuer::new(ca, key), cert, ca_key)
+            (Issuer::new(ca, key), cert, ca_key, None)
         }
     };
 
@@ -162,6 +163,8 @@ pub fn generate(
     serving.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     serving.use_authority_key_identifier_extension = true;
+    // Never past the CA: a certificate its CA no longer vouches for fails every handshake.
+    let not_after = ca_expires.map_or(not_after, |expires| not_after.min(expires));
     (serving.not_before, serving.not_after) = (not_before, not_after);
     let key = KeyPair::generate()?;
     let cert = serving.signed_by(&key, &ca)?;
@@ -175,25 +178,38 @@ pub fn generate(
     })
 }
 
-/// Checks that `cert` is a CA certificate of `key` (its public key is in it) made by this
-/// command (its subject is [`CA_NAME`]); rcgen has no certificate parser without more
-/// dependencies, so both are found in the DER.
-fn check_existing_ca(cert: &str, key: &KeyPair) -> Result<(), CertError> {
+/// A renewal needs the CA for this long at least; a CA closer to its end is refused.
+const MIN_CA_LEFT: time::Duration = time::Duration::days(30);
+
+/// Checks that `cert` is a CA certificate (its CA flag set) of `key` (its public key is the
+/// key's) with at least [`MIN_CA_LEFT`] to live; returns when it expires.
+fn check_existing_ca(
+    cert: &str,
+    key: &KeyPair,
+    now: time::OffsetDateTime,
+) -> Result<time::OffsetDateTime, CertError> {
     use rcgen::PublicKeyData;
+    let bad = |what: String| CertError::ExistingCa(what);
     let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes())
-        .map_err(|e| CertError::ExistingCa(format!("ca.crt: {e}")))?;
-    let contains = |needle: &[u8]| der.windows(needle.len()).any(|w| w == needle);
-    if !contains(key.der_bytes()) {
-        return Err(CertError::ExistingCa(
-            "ca.key is not the key of ca.crt".to_owned(),
-        ));
+        .map_err(|e| bad(format!("ca.crt: {e}")))?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(&der).map_err(|e| bad(format!("ca.crt: {e}")))?;
+    let is_ca = x509
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|constraints| constraints.value.ca);
+    if !is_ca {
+        return Err(bad("ca.crt is not a CA certificate (no CA flag)".to_owned()));
     }
-    if !contains(CA_NAME.as_bytes()) {
-        return Err(CertError::ExistingCa(format!(
-            "ca.crt was not made by `dnscore-sidecar cert` (its subject is not {CA_NAME:?})"
-        )));
+    if x509.public_key().raw != key.subject_public_key_info().as_slice() {
+        return Err(bad("ca.key is not the key of ca.crt".to_owned()));
     }
-    Ok(())
+    let expires = x509.validity().not_after.to_datetime();
+    if expires < now + MIN_CA_LEFT {
+        return Err(bad(format!("the CA expires on {}", expires.date())));
+    }
+    Ok(expires)
 }
 
 /// The kustomize patch that sets `caBundle` on the two webhooks of
@@ -230,14 +246,20 @@ pub fn write(dir: &Path, files: &CertFiles) -> Result<Vec<PathBuf>, CertError> {
         ("ca-bundle-patch.yaml", patch.as_str(), 0o644),
     ] {
         let path = dir.join(name);
-        // Replace, never write through: an old key file keeps no bytes of the new key.
-        let _ = std::fs::remove_file(&path);
+        // Written aside, then renamed over the old file: a failure midway leaves the old
+        // file whole (a CA key lost would mean a new CA), and no bytes of an old key stay.
+        let staged = dir.join(format!(".{name}.new"));
+        let _ = std::fs::remove_file(&staged);
         std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&path)
-            .and_then(|mut file| file.write_all(text.as_bytes()))
+            .open(&staged)
+            .and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_all()
+            })
+            .and_then(|()| std::fs::rename(&staged, &path))
             .map_err(failed(&path))?;
         written.push(path);
     }
@@ -253,7 +275,7 @@ mod tests {
             service: "dnscore-webhook".into(),
             namespace: "dnscore-system".into(),
             cluster_domain: "cluster.local".into(),
-            days: 30,
+            days: 365,
         }
     }
 
@@ -305,5 +327,22 @@ mod tests {
             generate(&request(), Some((&first.ca_cert, &other.ca_key))),
             Err(CertError::ExistingCa(_))
         ));
+        // A serving certificate and key put where the CA goes: not a CA.
+        assert!(matches!(
+            generate(&request(), Some((&first.tls_cert, &first.tls_key))),
+            Err(CertError::ExistingCa(_))
+        ));
+        // A renewal asking for longer than the CA lives ends with the CA.
+        let longer = CertRequest {
+            days: 40_000,
+            ..request()
+        };
+        let renewed = generate(&longer, Some((&first.ca_cert, &first.ca_key))).unwrap();
+        let not_after = |pem: &str| {
+            let der = rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+            let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+            cert.validity().not_after.to_datetime()
+        };
+        assert_eq!(not_after(&renewed.tls_cert), not_after(&first.ca_cert));
     }
 }

@@ -71,8 +71,9 @@ pub enum Command {
     /// (admission.k8s.io/v1); `/health`, `/ready` and `/metrics` on the same port.
     Webhook(WebhookFlags),
     /// Writes a CA and a serving certificate for the webhook's Service, for clusters without
-    /// cert-manager: ca.crt, tls.crt, tls.key and ca-bundle-patch.yaml (the caBundle for the
-    /// MutatingWebhookConfiguration, as a kustomize patch).
+    /// cert-manager: ca.crt and ca.key (kept for renewals, which reuse the CA), tls.crt,
+    /// tls.key and ca-bundle-patch.yaml (the caBundle for the MutatingWebhookConfiguration,
+    /// as a kustomize patch).
     Cert(CertFlags),
 }
 
@@ -114,8 +115,8 @@ pub struct WebhookFlags {
     pub tls_key: PathBuf,
     /// After SIGTERM, how long to go on answering while /ready fails, so that
     /// kube-apiserver stops sending reviews before the port closes.
-    #[arg(long, default_value = "5s")]
-    pub shutdown_delay: DurationArg,
+    #[arg(long, help = with_default("After SIGTERM, how long to go on answering while /ready fails", duration(crate::webhook::DEFAULT_SHUTDOWN_DELAY)))]
+    pub shutdown_delay: Option<DurationArg>,
     /// How to inject (per-pod annotations override these).
     #[command(flatten)]
     pub injection: InjectionFlags,

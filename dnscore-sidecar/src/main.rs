@@ -128,7 +128,12 @@ fn run_webhook(flags: &WebhookFlags) -> ExitCode {
         ExitCode::from(2)
     };
     let webhook = match Webhook::new(flags.injection.options()) {
-        Ok(webhook) => Arc::new(webhook.with_shutdown_delay(flags.shutdown_delay.0)),
+        Ok(webhook) => {
+            let delay = flags
+                .shutdown_delay
+                .map_or(dnscore_sidecar::webhook::DEFAULT_SHUTDOWN_DELAY, |d| d.0);
+            Arc::new(webhook.with_shutdown_delay(delay))
+        }
         Err(err) => return fail(&err),
     };
     let certificates = match Certificates::load(&flags.tls_cert, &flags.tls_key) {
@@ -183,8 +188,9 @@ fn run_cert(flags: &CertFlags) -> ExitCode {
         days: flags.days,
     };
     let (ca_cert, ca_key) = (flags.out.join("ca.crt"), flags.out.join("ca.key"));
-    let existing = match (flags.new_ca, ca_cert.exists() && ca_key.exists()) {
-        (false, true) => match (
+    let existing = match (flags.new_ca, ca_cert.exists(), ca_key.exists()) {
+        (true, _, _) | (false, false, false) => None,
+        (false, true, true) => match (
             std::fs::read_to_string(&ca_cert),
             std::fs::read_to_string(&ca_key),
         ) {
@@ -194,7 +200,15 @@ fn run_cert(flags: &CertFlags) -> ExitCode {
                 return ExitCode::from(2);
             }
         },
-        _ => None,
+        (false, _, _) => {
+            // Half a CA: making a new one would change the caBundle without saying so.
+            eprintln!(
+                "dnscore-sidecar cert: {} holds only one of ca.crt and ca.key: put the other \
+                 back to renew with the same CA, or pass --new-ca",
+                flags.out.display()
+            );
+            return ExitCode::from(2);
+        }
     };
     if existing.is_some() {
         eprintln!(

@@ -366,7 +366,7 @@ fn render_and_check(dir: &Path) -> Rendered {
     let requests = resources.requests.as_ref().unwrap();
     assert_eq!(requests["cpu"].0, "50m");
     assert_eq!(requests["memory"].0, "32Mi");
-    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "64Mi");
+    assert_eq!(resources.limits.as_ref().unwrap()["memory"].0, "128Mi");
     let security = container.security_context.as_ref().unwrap();
     assert_eq!(security.read_only_root_filesystem, Some(true));
     assert_eq!(security.allow_privilege_escalation, Some(false));
@@ -442,11 +442,16 @@ fn render_and_check(dir: &Path) -> Rendered {
         assert_eq!(rule.resources.as_deref(), Some(&["pods".to_owned()][..]));
         assert_eq!(rule.scope.as_deref(), Some("Namespaced"));
         let conditions = hook.match_conditions.as_deref().unwrap();
-        assert_eq!(conditions.len(), 1, "{what}");
+        assert_eq!(conditions.len(), 2, "{what}");
         assert_eq!(conditions[0].name, "not-host-network");
         assert_eq!(
             conditions[0].expression,
             "!has(object.spec.hostNetwork) || !object.spec.hostNetwork"
+        );
+        assert_eq!(conditions[1].name, "not-windows");
+        assert_eq!(
+            conditions[1].expression,
+            "!has(object.spec.os) || object.spec.os.name != 'windows'"
         );
         assert_eq!(hook.client_config.url, None);
         let target = hook.client_config.service.as_ref().unwrap();

@@ -10,13 +10,15 @@ use super::{DEFAULT_IMAGE, InjectError, MAX_NDOTS};
 /// [`InjectOptions::with_annotations`]).
 pub const ANNOTATION_PREFIX: &str = "dnscore.io/";
 /// The options a pod's annotations may set, `dnscore.io/<name>`.
-pub const OPTION_ANNOTATIONS: [&str; 6] = [
+pub const OPTION_ANNOTATIONS: [&str; 8] = [
     "upstream",
     "discover",
     "cache-capacity",
     "ndots",
     "lameduck",
     "image",
+    "metrics-listen",
+    "fallback-nameserver",
 ];
 
 /// How to inject. [`Default`] gives the values each field documents.
@@ -122,6 +124,14 @@ impl InjectOptions {
         if self.metrics_listen.port() == 53 || self.metrics_listen.port() == 0 {
             return invalid("metrics_listen", "needs a port other than 0 and 53");
         }
+        if let Some(name) = &self.discover
+            && !is_dns_name(name)
+        {
+            return invalid(
+                "discover",
+                "must be a Service's DNS name (letters, digits, '-' and '.')",
+            );
+        }
         if let Some(ip) = self.fallback_nameserver
             && (ip.is_loopback() || ip.is_unspecified())
         {
@@ -148,8 +158,9 @@ impl InjectOptions {
     /// These options with a pod's annotations applied: `dnscore.io/upstream` (`IP[:PORT]`,
     /// comma-separated; replaces the upstreams), `dnscore.io/discover` (a Service name, or
     /// empty for none), `dnscore.io/cache-capacity`, `dnscore.io/ndots`,
-    /// `dnscore.io/lameduck` (`5s`, `1500ms`, at most the sidecar's maximum) and
-    /// `dnscore.io/image`. Other annotations are ignored, but an unknown one under
+    /// `dnscore.io/lameduck` (`5s`, `1500ms`, at most the sidecar's maximum),
+    /// `dnscore.io/image`, `dnscore.io/metrics-listen` (`IP:PORT`) and
+    /// `dnscore.io/fallback-nameserver` (an IP, or `none`). Other annotations are ignored, but an unknown one under
     /// `dnscore.io/` comes back in the second value, for a note (a misspelt knob should
     /// not go unnoticed). The result is checked with [`validate`](Self::validate).
     pub fn with_annotations<'a>(
@@ -202,6 +213,17 @@ impl InjectOptions {
                     options.lameduck = lameduck.min(crate::config::MAX_LAMEDUCK);
                 }
                 "image" => options.image = value.to_owned(),
+                "metrics-listen" => {
+                    options.metrics_listen = value
+                        .parse()
+                        .map_err(|_| bad("expected IP:PORT, e.g. 0.0.0.0:9154"))?;
+                }
+                "fallback-nameserver" => {
+                    options.fallback_nameserver = match value {
+                        "" | "none" => None,
+                        ip => Some(ip.parse().map_err(|_| bad("expected an IP, or none"))?),
+                    };
+                }
                 // The injector's own markers.
                 "inject" | "injected" => {}
                 _ => unknown.push(key.to_owned()),
@@ -215,6 +237,22 @@ impl InjectOptions {
         })?;
         Ok((options, unknown))
     }
+}
+
+/// Whether `name` is a DNS name a Service can have (`coredns`, `kube-dns.kube-system.svc`).
+fn is_dns_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A pod annotation that cannot be applied (see [`InjectOptions::with_annotations`]).
@@ -307,6 +345,10 @@ mod tests {
             ("dnscore.io/lameduck", "soon"),
             ("dnscore.io/cache-capacity", "lots"),
             ("dnscore.io/image", " "),
+            ("dnscore.io/discover", "coredns pods"),
+            ("dnscore.io/metrics-listen", "9154"),
+            ("dnscore.io/metrics-listen", "127.0.0.1:9154"),
+            ("dnscore.io/fallback-nameserver", "kube-dns"),
         ] {
             let err = defaults.with_annotations([(key, value)]).unwrap_err();
             assert!(!err.reason.is_empty(), "{key}: {value}");

@@ -7,6 +7,9 @@ use serde_norway::{Mapping, Sequence, Value};
 
 use super::container::sidecar_container;
 
+/// The API server's limits on a pod's search list.
+const MAX_SEARCHES: usize = 32;
+const MAX_SEARCH_CHARS: usize = 2048;
 /// resolv.conf `timeout` with a fallback nameserver: seconds per try.
 const FALLBACK_TIMEOUT: u8 = 1;
 /// resolv.conf `attempts` with a fallback nameserver: tries of each nameserver.
@@ -94,9 +97,10 @@ impl Doc<'_> {
                     name: report.name.clone(),
                     source: Box::new(source),
                 })?;
-            for key in unknown {
+            if !unknown.is_empty() {
                 report.notes.push(format!(
-                    "unknown annotation {key} ignored (known: {})",
+                    "unknown annotations ignored: {} (known: dnscore.io/ and {})",
+                    unknown.join(", "),
                     OPTION_ANNOTATIONS.join(", ")
                 ));
             }
@@ -151,7 +155,7 @@ impl Doc<'_> {
         let Some(Value::Mapping(spec)) = template.get_mut("spec") else {
             return Err(self.malformed(report, &["spec"], "a mapping"));
         };
-        if let Some(reason) = skip_reason(spec) {
+        if let Some(reason) = skip_reason(spec, self.options.metrics_listen.port()) {
             return Ok(Outcome::Skipped(reason));
         }
         self.sidecar_into(spec, report)?;
@@ -254,6 +258,19 @@ impl Doc<'_> {
                 }
             }
         }
+        // The API server refuses more (validation of dnsConfig, since Kubernetes 1.28).
+        let chars: usize = searches
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::len)
+            .sum();
+        if searches.len() > MAX_SEARCHES || chars > MAX_SEARCH_CHARS {
+            return Err(self.malformed(
+                report,
+                &["spec", "dnsConfig", "searches"],
+                "at most 32 search domains of 2048 characters in all, with the cluster's three",
+            ));
+        }
         let mut options = match old.get("options") {
             Some(Value::Sequence(options)) => options.clone(),
             _ => Sequence::new(),
@@ -348,16 +365,45 @@ impl Doc<'_> {
 }
 
 /// Why a pod spec must not get the sidecar, if it must not.
-fn skip_reason(spec: &Mapping) -> Option<SkipReason> {
+fn skip_reason(spec: &Mapping, metrics_port: u16) -> Option<SkipReason> {
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Some(SkipReason::HostNetwork);
     }
-    let names = |key: &str| match spec.get(key) {
-        Some(Value::Sequence(list)) => list.iter().filter_map(container_name).collect(),
-        _ => Vec::new(),
+    let windows = spec
+        .get("os")
+        .and_then(|os| os.get("name"))
+        .and_then(Value::as_str)
+        == Some("windows")
+        || spec
+            .get("nodeSelector")
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .and_then(Value::as_str)
+            == Some("windows");
+    if windows {
+        return Some(SkipReason::Windows);
+    }
+    let list = |key: &str| match spec.get(key) {
+        Some(Value::Sequence(list)) => list.as_slice(),
+        _ => &[],
+    };
+    let names = |key: &str| {
+        list(key)
+            .iter()
+            .filter_map(container_name)
+            .collect::<Vec<_>>()
     };
     if names("containers").contains(&CONTAINER_NAME) {
         return Some(SkipReason::NameTaken);
+    }
+    let port_taken = list("containers")
+        .iter()
+        .chain(list("initContainers"))
+        .filter(|c| container_name(c) != Some(CONTAINER_NAME))
+        .filter_map(|c| c.get("ports").and_then(Value::as_sequence))
+        .flatten()
+        .any(|p| p.get("containerPort").and_then(Value::as_u64) == Some(u64::from(metrics_port)));
+    if port_taken {
+        return Some(SkipReason::PortTaken(metrics_port));
     }
     match spec.get("dnsPolicy").and_then(Value::as_str) {
         Some("Default") => Some(SkipReason::NodeDns),

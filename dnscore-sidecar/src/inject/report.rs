@@ -90,6 +90,12 @@ pub enum SkipReason {
     NameTaken,
     /// The annotation [`INJECT_ANNOTATION`](super::INJECT_ANNOTATION)`: disabled`.
     OptedOut,
+    /// A Windows pod (`spec.os.name` or the `kubernetes.io/os` node selector): the sidecar
+    /// is a Linux image, and pod sysctls are refused for Windows pods.
+    Windows,
+    /// A container of the pod already declares this port, which the sidecar's metrics and
+    /// probes would need (set another with `dnscore.io/metrics-listen`).
+    PortTaken(u16),
 }
 
 impl std::fmt::Display for SkipReason {
@@ -100,6 +106,14 @@ impl std::fmt::Display for SkipReason {
             Self::CustomNameservers => "dnsPolicy None with its own nameservers",
             Self::NameTaken => "an app container is already named dnscore",
             Self::OptedOut => "annotation dnscore.io/inject: disabled",
+            Self::Windows => "a Windows pod (the sidecar is a Linux image)",
+            Self::PortTaken(port) => {
+                return write!(
+                    f,
+                    "a container already uses port {port}, the sidecar's metrics port \
+                     (set dnscore.io/metrics-listen to another)"
+                );
+            }
         })
     }
 }

@@ -4,9 +4,11 @@
 //! One HTTPS port (rustls; HTTP/2 and HTTP/1.1):
 //!
 //! - `POST /mutate`: an AdmissionReview (`admission.k8s.io/v1`) in, one out. A body that
-//!   is not an AdmissionReview gets 400 with the reason; a body over [`MAX_BODY`] gets 413.
+//!   is not an AdmissionReview gets 400 with the reason; a body over [`MAX_BODY`] gets 413,
+//!   one that takes over 3 s to arrive 408.
 //! - `GET /health`: 200 while the process serves (liveness).
-//! - `GET /ready`: 200 once the certificate is loaded; 503 from SIGTERM on, while the
+//! - `GET /ready`: 200 from the start (the webhook does not start without a certificate
+//!   that loads); 503 from SIGTERM on, while the
 //!   webhook goes on answering for the shutdown delay (`--shutdown-delay`, default 5 s):
 //!   kube-apiserver learns of the pod's removal from the Service's endpoints a moment
 //!   later, and a review sent to a closed port would let a pod start without the sidecar
@@ -31,7 +33,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,19 +49,37 @@ use tls::Certificates;
 /// Largest AdmissionReview accepted: 1 MiB. Real pods are a few KiB; etcd stores objects
 /// of 1.5 MiB at most, and a pod refused here is only created without the sidecar.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// Reviews read and answered at once; more wait. A review takes a fraction of a
-/// millisecond of CPU, so a few in parallel keep both cores busy, and with [`MAX_BODY`]
-/// this bounds what bodies and their parsed trees can take, well under the Deployment's
-/// memory limit.
-const MAX_REVIEWS: usize = 4;
+/// Request bodies read at once (each at most [`MAX_BODY`]); more wait.
+const MAX_READING: usize = 8;
+/// Time a client has to send a request's body: under the webhook configuration's 5 s, so
+/// a stalled client cannot hold a reading slot for longer than a review may take.
+const BODY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reviews worked on at once: one, on one of the runtime's two worker threads, so the
+/// other is always free for probes and TLS handshakes. A review takes about 0.1 ms of CPU
+/// and, with the parts of a pod it reads bounded to 64 KiB, at most a few milliseconds
+/// (benches/README.md): one at a time is thousands a second.
+const MAX_REVIEWS: usize = 1;
 /// Default `--shutdown-delay`.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// Time a client has for its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a request's head.
+/// Time a client has to send a request's head (HTTP/1.1; an HTTP/2 client is probed by
+/// keep-alive pings instead).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 4096;
+/// Connections served at once; more wait in the listen backlog. kube-apiserver keeps a few
+/// per webhook endpoint and multiplexes reviews over them.
+const MAX_CONNECTIONS: usize = 128;
+/// HTTP/2 streams per connection, and flow-control windows: what one connection can make
+/// the webhook buffer before a body is read (the HTTP/2 default stream window, and four of
+/// them per connection). With [`MAX_CONNECTIONS`] that is 32 MiB at most, beside the bodies
+/// being read (8 MiB) and the review: the Deployment's memory limit is 128Mi.
+const MAX_STREAMS: u32 = 32;
+const STREAM_WINDOW: u32 = 64 * 1024;
+const CONNECTION_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 keep-alive: a ping after this much silence, and the connection closed when the
+/// ping is not answered within the timeout.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for requests in flight after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,8 +91,9 @@ struct OutcomeLabel {
 /// The webhook's state: how to inject, and what it reports on.
 #[derive(Debug)]
 pub struct Webhook {
-    options: InjectOptions,
+    options: Arc<InjectOptions>,
     ready: AtomicBool,
+    reading: tokio::sync::Semaphore,
     reviews: tokio::sync::Semaphore,
     shutdown_delay: Duration,
     requests: Family<OutcomeLabel, Counter>,
@@ -105,12 +125,13 @@ impl Webhook {
         );
         registry.register(
             "dnscore_webhook_admission_duration_seconds",
-            "Time to answer an admission request, from its body read to its answer written",
+            "Time to answer an admission request, from its body read to its answer ready to send",
             duration.clone(),
         );
         Ok(Self {
-            options,
+            options: Arc::new(options),
             ready: AtomicBool::new(true),
+            reading: tokio::sync::Semaphore::new(MAX_READING),
             reviews: tokio::sync::Semaphore::new(MAX_REVIEWS),
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
             requests,
@@ -157,12 +178,13 @@ impl Webhook {
     }
 
     async fn mutate(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
-        let Ok(_turn) = self.reviews.acquire().await else {
+        let Ok(_reading) = self.reading.acquire().await else {
             return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
         };
-        let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-            Ok(body) => body.to_bytes(),
-            Err(err) => {
+        let read = Limited::new(request.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(err)) => {
                 self.count(ReviewOutcome::BadRequest, None);
                 return if err
                     .downcast_ref::<http_body_util::LengthLimitError>()
@@ -173,17 +195,28 @@ impl Webhook {
                     text(StatusCode::BAD_REQUEST, "cannot read the request body\n")
                 };
             }
+            Err(_) => {
+                self.count(ReviewOutcome::BadRequest, None);
+                return text(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body came too slowly\n",
+                );
+            }
+        };
+        let Ok(_turn) = self.reviews.acquire().await else {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
         };
         let started = Instant::now();
-        match review::review(&body, &self.options) {
+        let reviewed = review::review(&body, &self.options)
+            .map(|(answer, outcome)| (serde_json::to_vec(&answer).unwrap_or_default(), outcome));
+        match reviewed {
             Ok((answer, outcome)) => {
-                let answer = serde_json::to_vec(&answer).unwrap_or_default();
-                self.count(outcome, Some(started));
                 let mut response = Response::new(Full::new(Bytes::from(answer)));
                 response.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,
                     hyper::header::HeaderValue::from_static("application/json"),
                 );
+                self.count(outcome, Some(started));
                 response
             }
             Err(err) => {
@@ -225,11 +258,18 @@ pub async fn serve(
     let watcher = tokio::spawn(certificates.watch());
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
     let shutdown = async {
         shutdown.await;
         webhook.ready.store(false, Ordering::Relaxed);
@@ -256,7 +296,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let webhook = webhook.clone();
-        let builder = builder.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
         let watch = graceful.watcher();
         tokio::spawn(async move {
             let _slot = slot;
@@ -272,8 +312,15 @@ pub async fn serve(
                 let webhook = webhook.clone();
                 async move { Ok::<_, Infallible>(webhook.handle(request).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watch.watch(connection.into_owned()).await {
+            // The protocol is the one ALPN agreed: no guessing from the first bytes.
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            let ended = if h2 {
+                watch.watch(http2.serve_connection(io, service)).await
+            } else {
+                watch.watch(http1.serve_connection(io, service)).await
+            };
+            if let Err(err) = ended {
                 tracing::debug!("connection ended: {err}");
             }
         });

@@ -5,7 +5,7 @@
 //! metadata every [`RELOAD_INTERVAL`] and loads them again when it changed: every TLS
 //! handshake after that presents the new certificate, connections open keep theirs. A pair
 //! that does not load (a certificate written before its key, a typo) is logged and the old
-//! one kept.
+//! one kept; it is tried again at every look until it loads.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,7 +62,8 @@ pub struct Certificates {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
-    stamp: Mutex<Stamp>,
+    /// The files' stamp when they last loaded; `None` after a failed load.
+    stamp: Mutex<Option<Stamp>>,
 }
 
 impl Certificates {
@@ -76,7 +77,7 @@ impl Certificates {
             key_path: key_path.to_owned(),
             provider,
             current: RwLock::new(Arc::new(key)),
-            stamp: Mutex::new(stamp),
+            stamp: Mutex::new(Some(stamp)),
         })
     }
 
@@ -95,31 +96,45 @@ impl Certificates {
     /// new certificate is now served. A pair that does not load leaves the old one served.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = stamp(&self.cert_path, &self.key_path);
-        {
-            let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
-            if *last == now {
-                return Ok(false);
-            }
-            *last = now;
+        let mut last = self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == Some(now) {
+            return Ok(false);
         }
-        let key = load_pair(&self.cert_path, &self.key_path, &self.provider)?;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
-        Ok(true)
+        match load_pair(&self.cert_path, &self.key_path, &self.provider) {
+            Ok(key) => {
+                *last = Some(now);
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(key);
+                Ok(true)
+            }
+            Err(err) => {
+                // Tried again at the next look, changed or not (a transient error, or a
+                // rewrite that kept size and time).
+                *last = None;
+                Err(err)
+            }
+        }
     }
 
     /// Checks the files every [`RELOAD_INTERVAL`], for as long as the runtime runs.
     pub async fn watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(RELOAD_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A failure is retried every tick but logged once until it changes.
+        let mut last_error = String::new();
         loop {
             tick.tick().await;
             match self.reload_if_changed() {
                 Ok(true) => {
-                    tracing::info!(cert = %self.cert_path.display(), "certificate reloaded")
+                    last_error.clear();
+                    tracing::info!(cert = %self.cert_path.display(), "certificate reloaded");
                 }
                 Ok(false) => {}
                 Err(err) => {
-                    tracing::warn!("certificate not reloaded, the old one is served: {err}")
+                    let err = err.to_string();
+                    if err != last_error {
+                        tracing::warn!("certificate not reloaded, the old one is served: {err}");
+                        last_error = err;
+                    }
                 }
             }
         }
@@ -173,4 +188,66 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
         key: key.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::{CertRequest, generate};
+
+    fn pair() -> crate::cert::CertFiles {
+        let request = CertRequest {
+            service: "dnscore-webhook".into(),
+            namespace: "dnscore-system".into(),
+            cluster_domain: "cluster.local".into(),
+            days: 365,
+        };
+        generate(&request, None).unwrap()
+    }
+
+    fn served(certificates: &Certificates) -> Vec<u8> {
+        certificates.current.read().unwrap().cert[0].to_vec()
+    }
+
+    fn der(pem: &str) -> Vec<u8> {
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn a_pair_that_does_not_load_keeps_the_old_one_and_is_tried_again() {
+        let dir = std::env::temp_dir().join(format!("dnscore-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        let (first, second) = (pair(), pair());
+        std::fs::write(&cert, &first.tls_cert).unwrap();
+        std::fs::write(&key, &first.tls_key).unwrap();
+        let certificates = Certificates::load(&cert, &key).unwrap();
+        assert!(
+            !certificates.reload_if_changed().unwrap(),
+            "nothing changed"
+        );
+
+        // The new certificate is written before its key: that pair does not load.
+        std::fs::write(&cert, &second.tls_cert).unwrap();
+        assert!(matches!(
+            certificates.reload_if_changed(),
+            Err(TlsError::Pair { .. })
+        ));
+        assert_eq!(served(&certificates), der(&first.tls_cert));
+        // Tried again at the next look even though nothing changed since.
+        assert!(certificates.reload_if_changed().is_err());
+        std::fs::write(&key, &second.tls_key).unwrap();
+        assert!(certificates.reload_if_changed().unwrap());
+        assert_eq!(served(&certificates), der(&second.tls_cert));
+
+        std::fs::write(&key, "not a key").unwrap();
+        assert!(matches!(
+            certificates.reload_if_changed(),
+            Err(TlsError::Pem { .. })
+        ));
+        assert_eq!(served(&certificates), der(&second.tls_cert));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
