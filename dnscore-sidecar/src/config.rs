@@ -75,6 +75,42 @@ pub enum Command {
     /// tls.key and ca-bundle-patch.yaml (the caBundle for the MutatingWebhookConfiguration,
     /// as a kustomize patch).
     Cert(CertFlags),
+    /// Reads a cluster's DNS setup (CoreDNS, NodeLocal DNSCache, kube-proxy, Karpenter, the
+    /// VPC CNI, workloads) and says what will break: from files (`kubectl get ... -o yaml`)
+    /// or, without -f, from the cluster of the kubeconfig (read-only). Exit 0: nothing is a
+    /// warning or worse; 1: something is; 2: the input cannot be read.
+    Doctor(DoctorFlags),
+}
+
+/// Flags of `dnscore-sidecar doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorFlags {
+    /// A file of objects (one, a List, or many documents); `-` for standard input;
+    /// repeatable. Without any, the cluster is read through the kubeconfig.
+    #[arg(short = 'f', long = "file")]
+    pub files: Vec<PathBuf>,
+    /// The kubeconfig of the live mode [default: $KUBECONFIG, ~/.kube/config, or the pod's
+    /// service account in a cluster].
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = DoctorFormat::Table)]
+    pub format: DoctorFormat,
+    /// A check not to run, by name (repeatable; see --list-checks).
+    #[arg(long)]
+    pub skip: Vec<String>,
+    /// Print every check's name and what it looks at, and exit.
+    #[arg(long)]
+    pub list_checks: bool,
+}
+
+/// How `doctor` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DoctorFormat {
+    /// A readable report.
+    Table,
+    /// A JSON array of findings, for pipelines.
+    Json,
 }
 
 /// Flags of `dnscore-sidecar inject` (no environment variables: those are the server's).

@@ -22,6 +22,7 @@ pub mod access;
 pub mod admin;
 pub mod cert;
 pub mod config;
+pub mod doctor;
 pub mod inject;
 pub mod metrics;
 pub mod ratelimit;

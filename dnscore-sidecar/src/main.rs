@@ -22,8 +22,8 @@ use clap::{CommandFactory, FromArgMatches};
 use dnscore_sidecar::access::Access;
 use dnscore_sidecar::admin::{Admin, serve_admin};
 use dnscore_sidecar::config::{
-    CertFlags, Command, Config, ConfigError, Flags, InjectFlags, LogFormat, Settings, WebhookFlags,
-    source_of,
+    CertFlags, Command, Config, ConfigError, DoctorFlags, DoctorFormat, Flags, InjectFlags,
+    LogFormat, Settings, WebhookFlags, source_of,
 };
 use dnscore_sidecar::metrics::Metrics;
 use dnscore_sidecar::startup::{self, LoopProbe};
@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         Some(Command::Inject(inject)) => return run_inject(inject),
         Some(Command::Webhook(webhook)) => return run_webhook(webhook),
         Some(Command::Cert(cert)) => return run_cert(cert),
+        Some(Command::Doctor(doctor)) => return run_doctor(doctor),
         None => {}
     }
     let config = match load(&flags) {
@@ -176,6 +177,88 @@ fn run_webhook(flags: &WebhookFlags) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
     }
+}
+
+/// `dnscore-sidecar doctor`: findings on stdout, notes on stderr.
+fn run_doctor(flags: &DoctorFlags) -> ExitCode {
+    use dnscore_sidecar::doctor::{self, CHECKS, Objects};
+    use std::io::Read;
+    if flags.list_checks {
+        for (name, what) in CHECKS {
+            println!("{name:<30} {what}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if let Some(unknown) = flags
+        .skip
+        .iter()
+        .find(|s| !CHECKS.iter().any(|(name, _)| name == s))
+    {
+        eprintln!("dnscore-sidecar doctor: no check named {unknown:?} (see --list-checks)");
+        return ExitCode::from(2);
+    }
+    // Warnings of the live mode's client (RUST_LOG=debug shows its requests).
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
+    fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let objects = if flags.files.is_empty() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(err) => {
+                eprintln!("dnscore-sidecar doctor: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let read = runtime.block_on(async {
+            let client = doctor::live::client(flags.kubeconfig.as_deref()).await?;
+            doctor::live::read(&client).await
+        });
+        match read {
+            Ok(objects) => objects,
+            Err(err) => {
+                eprintln!("dnscore-sidecar doctor: {err}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        let mut objects = Objects::default();
+        for path in &flags.files {
+            let name = path.display().to_string();
+            let mut text = String::new();
+            let read = if name == "-" {
+                std::io::stdin().read_to_string(&mut text).map(drop)
+            } else {
+                std::fs::read_to_string(path).map(|t| text = t)
+            };
+            let added = read
+                .map_err(|error| doctor::InputError::Read {
+                    source_name: name.clone(),
+                    error,
+                })
+                .and_then(|()| objects.add_yaml(&name, &text));
+            if let Err(err) = added {
+                eprintln!("dnscore-sidecar doctor: {err}");
+                return ExitCode::from(2);
+            }
+        }
+        objects
+    };
+    let mut notes = objects.all_notes();
+    let findings = doctor::check(&objects, &flags.skip, &mut notes);
+    for note in &notes {
+        eprintln!("note: {note}");
+    }
+    match flags.format {
+        DoctorFormat::Table => print!("{}", doctor::table(&findings)),
+        DoctorFormat::Json => println!("{}", doctor::json(&findings)),
+    }
+    ExitCode::from(doctor::exit_status(&findings))
 }
 
 /// `dnscore-sidecar cert`: writes the files and says what to do with them.
