@@ -130,12 +130,13 @@ fn older_and_half_fixed_corefiles() {
 
 #[test]
 fn nodelocal_dnscache_force_tcp_and_security_groups_for_pods() {
+    // Toward CoreDNS, as the upstream manifest has it: worth knowing, not a warning.
     let found = findings(&["nodelocaldns.yaml"]);
     has(
         &found,
         "forward-force-tcp",
         "kube-system/node-local-dns",
-        Severity::Warning,
+        Severity::Info,
     );
     assert_eq!(
         found
@@ -222,6 +223,125 @@ fn the_cluster_the_outage_reports_asked_for_raises_no_warning() {
         names(&found)
     );
     assert_eq!(doctor::exit_status(&found), 0);
+}
+
+fn findings_of(yaml: &str) -> Vec<Finding> {
+    let mut objects = Objects::default();
+    objects.add_yaml("inline", yaml).unwrap();
+    doctor::check(&objects, &[], &mut Vec::new())
+}
+
+const COREDNS: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: coredns, namespace: kube-system}\nspec: {replicas: 3, selector: {matchLabels: {k8s-app: kube-dns}}, template: {metadata: {labels: {k8s-app: kube-dns}}, spec: {containers: [{name: coredns, image: coredns}], AFFINITY}}}\n";
+
+fn coredns_with(affinity: &str) -> String {
+    let spot_node = "---\nkind: Node\nmetadata: {name: s1, labels: {karpenter.sh/capacity-type: spot}}\n---\n\
+                     kind: Node\nmetadata: {name: s2, labels: {eks.amazonaws.com/capacityType: SPOT}}\n";
+    COREDNS.replace("AFFINITY", affinity) + spot_node
+}
+
+#[test]
+fn spot_placement_through_selectors_and_affinities() {
+    let spot = |affinity: &str| {
+        findings_of(&coredns_with(affinity))
+            .into_iter()
+            .find(|f| f.check == "coredns-spot")
+            .map(|f| f.severity)
+    };
+    assert_eq!(
+        spot("nodeSelector: {karpenter.sh/capacity-type: spot}"),
+        Some(Severity::Critical)
+    );
+    let required = |expr: &str| {
+        format!(
+            "affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{expr}]}}]}}}}}}"
+        )
+    };
+    assert_eq!(
+        spot(&required(
+            "{key: karpenter.sh/capacity-type, operator: In, values: [spot]}"
+        )),
+        Some(Severity::Critical)
+    );
+    assert_eq!(
+        spot(&required(
+            "{key: karpenter.sh/capacity-type, operator: In, values: [on-demand]}"
+        )),
+        None
+    );
+    // NotIn on Karpenter's label still admits the EKS spot node, which lacks it.
+    assert_eq!(
+        spot(&required(
+            "{key: karpenter.sh/capacity-type, operator: NotIn, values: [spot]}"
+        )),
+        Some(Severity::Warning)
+    );
+    assert_eq!(
+        spot("nodeSelector: {eks.amazonaws.com/capacityType: ON_DEMAND}"),
+        None
+    );
+    assert_eq!(
+        spot(
+            "affinity: {nodeAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 1, preference: {matchExpressions: [{key: karpenter.sh/capacity-type, operator: In, values: [spot]}]}}]}}"
+        ),
+        Some(Severity::Warning)
+    );
+    // Running there now, seen from its pods.
+    let on_spot = coredns_with("nodeSelector: {}")
+        + "---\nkind: Pod\nmetadata: {name: coredns-1, namespace: kube-system, labels: {k8s-app: kube-dns}}\nspec: {nodeName: s1, containers: []}\n";
+    let found = findings_of(&on_spot);
+    has(
+        &found,
+        "coredns-spot",
+        "kube-system/coredns",
+        Severity::Critical,
+    );
+}
+
+#[test]
+fn workloads_injected_by_the_webhook_are_known_by_their_labels() {
+    let yaml = "kind: Namespace\nmetadata: {name: shop, labels: {dnscore.io/inject: enabled}}\n---\n\
+                apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: api, namespace: shop}\n\
+                spec: {template: {metadata: {annotations: {dnscore.io/lameduck: 20s}}, spec: {terminationGracePeriodSeconds: 10, containers: [{name: a, image: a}]}}}\n---\n\
+                apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: other}\n\
+                spec: {template: {metadata: {labels: {dnscore.io/inject: enabled}}, spec: {containers: [{name: a, image: a}]}}}\n---\n\
+                apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: batch, namespace: shop}\n\
+                spec: {template: {metadata: {labels: {dnscore.io/inject: disabled}}, spec: {containers: [{name: a, image: a}]}}}\n";
+    let found = findings_of(yaml);
+    has(
+        &found,
+        "dnscore-grace-period",
+        "shop/api",
+        Severity::Warning,
+    );
+    let names = names(&found);
+    assert!(!names.contains(&("ndots-default".into(), "shop/api".into())));
+    assert!(!names.contains(&("ndots-default".into(), "other/web".into())));
+    assert!(
+        !names.contains(&("dnscore-grace-period".into(), "other/web".into())),
+        "30s > 5s"
+    );
+    assert!(
+        names.contains(&("ndots-default".into(), "shop/batch".into())),
+        "opted out"
+    );
+}
+
+#[test]
+fn values_from_references_are_not_guessed() {
+    let aws_node = std::fs::read_to_string(fixture("aws-node-strict.yaml"))
+        .unwrap()
+        .replacen(
+            "- name: POD_SECURITY_GROUP_ENFORCING_MODE\n              value: strict\n",
+            "- name: POD_SECURITY_GROUP_ENFORCING_MODE\n              valueFrom: {configMapKeyRef: {name: c, key: k}}\n",
+            1,
+        );
+    assert!(aws_node.contains("configMapKeyRef: {name: c"));
+    let mut objects = objects(&["nodelocaldns.yaml"]);
+    objects.add_yaml("aws-node", &aws_node).unwrap();
+    let mut notes = Vec::new();
+    let found = doctor::check(&objects, &[], &mut notes);
+    lacks(&found, "nodelocal-sgp-strict");
+    assert!(notes.iter().any(|n| n.contains("reference")), "{notes:?}");
 }
 
 #[test]
@@ -358,16 +478,30 @@ fn bad_input_is_a_clear_error_or_a_note_never_a_crash() {
                kind: Widget\nmetadata: {name: w}\n---\n[1, 2]\n---\nkind: Node\nmetadata: {name: n}\n\
                status: {capacity: {cpu: lots}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: \
                {name: kube-proxy-config, namespace: kube-system}\ndata: {config: '{{{'}\n";
-    let out = run(&["-f", "-"], Some(odd));
+    let out = run(&["-f", "-", "--format", "json"], Some(odd));
     assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Widget"), "{stderr}");
+    let findings: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        findings.is_empty(),
+        "nothing made up from broken objects: {findings:?}"
+    );
+    // Numbers that would overflow or divide by zero: no crash.
+    let huge = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kube-proxy-config, namespace: kube-system}\n\
+                data: {config: 'conntrack: {maxPerCore: 18446744073709551615, min: 0}'}\n---\n\
+                kind: Node\nmetadata: {name: n0}\nstatus: {capacity: {cpu: '0', pods: '110'}}\n---\n\
+                kind: Node\nmetadata: {name: n1}\nstatus: {capacity: {cpu: '4294967296', pods: '1'}}\n";
+    let out = run(&["-f", "-"], Some(huge));
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
 }
 
 #[test]
 fn the_cluster_role_grants_get_and_list_of_what_the_live_mode_lists() {
     use k8s_openapi::api::core::v1::ServiceAccount;
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding,
+    };
     use serde::Deserialize;
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/doctor-rbac.yaml"),
@@ -376,44 +510,63 @@ fn the_cluster_role_grants_get_and_list_of_what_the_live_mode_lists() {
     let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| serde_norway::Value::deserialize(d).unwrap())
         .collect();
-    assert_eq!(docs.len(), 3);
-    let role: ClusterRole = serde_norway::from_value(docs[0].clone()).unwrap();
-    let _: ServiceAccount = serde_norway::from_value(docs[1].clone()).unwrap();
-    let binding: ClusterRoleBinding = serde_norway::from_value(docs[2].clone()).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "Role",
+            "ServiceAccount",
+            "ClusterRoleBinding",
+            "RoleBinding"
+        ]
+    );
+    let cluster: ClusterRole = serde_norway::from_value(docs[0].clone()).unwrap();
+    let role: Role = serde_norway::from_value(docs[1].clone()).unwrap();
+    let _: ServiceAccount = serde_norway::from_value(docs[2].clone()).unwrap();
+    let binding: ClusterRoleBinding = serde_norway::from_value(docs[3].clone()).unwrap();
+    let role_binding: RoleBinding = serde_norway::from_value(docs[4].clone()).unwrap();
     assert_eq!(binding.role_ref.name, "dnscore-doctor");
-    let rules = role.rules.unwrap();
-    for rule in &rules {
-        assert_eq!(rule.verbs, ["get", "list"], "read-only");
-    }
-    for (path, _, _) in PATHS {
-        // /api/v1/nodes -> ("", nodes); /apis/apps/v1/deployments -> ("apps", deployments).
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let (group, resource) = match parts[0] {
-            "api" => ("", *parts.last().unwrap()),
-            _ => (parts[1], *parts.last().unwrap()),
-        };
+    assert_eq!(role_binding.role_ref.kind, "Role");
+    let cluster_rules = cluster.rules.unwrap();
+    let role_rules = role.rules.unwrap();
+    for rule in cluster_rules.iter().chain(&role_rules) {
         assert!(
-            rules.iter().any(|r| {
-                r.api_groups
+            rule.verbs.iter().all(|v| v == "get" || v == "list"),
+            "read-only: {rule:?}"
+        );
+    }
+    let grants = |rules: &[PolicyRule], group: &str, resource: &str| {
+        rules.iter().any(|r| {
+            r.resource_names.is_none()
+                && r.verbs.iter().any(|v| v == "list")
+                && r.api_groups
                     .as_deref()
                     .unwrap_or_default()
                     .iter()
                     .any(|g| g == group)
-                    && r.resources
-                        .as_deref()
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|x| x == resource)
-            }),
-            "{group}/{resource} not granted"
+                && r.resources
+                    .as_deref()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|x| x == resource)
+        })
+    };
+    for (group, resource) in doctor::live::resources() {
+        assert!(
+            grants(&cluster_rules, group, resource) || grants(&role_rules, group, resource),
+            "{group}/{resource} not listable"
         );
     }
+    // ConfigMaps are listed in kube-system only, never cluster-wide.
+    assert!(!grants(&cluster_rules, "", "configmaps"));
 }
 
 // The live mode: an HTTPS server in the test plays the API server.
 
 /// API list paths and the kinds they serve.
-const PATHS: [(&str, &str, &str); 11] = [
+const PATHS: [(&str, &str, &str); 12] = [
+    ("/api/v1/namespaces", "Namespace", "v1"),
     ("/apis/apps/v1/deployments", "Deployment", "apps/v1"),
     ("/apis/apps/v1/daemonsets", "DaemonSet", "apps/v1"),
     ("/apis/apps/v1/statefulsets", "StatefulSet", "apps/v1"),

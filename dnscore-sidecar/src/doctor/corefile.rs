@@ -145,8 +145,18 @@ pub fn parse(text: &str) -> Corefile {
     }
 }
 
+/// Blocks nested deeper than this end the parse (a real Corefile nests two or three).
+const MAX_DEPTH: usize = 32;
+
 /// The directives up to the `}` closing the current block; says whether it was closed.
 fn directives(tokens: &[Token], at: &mut usize) -> (Vec<Directive>, bool) {
+    directives_at(tokens, at, 1)
+}
+
+fn directives_at(tokens: &[Token], at: &mut usize, depth: usize) -> (Vec<Directive>, bool) {
+    if depth > MAX_DEPTH {
+        return (Vec::new(), false);
+    }
     let mut out: Vec<Directive> = Vec::new();
     let mut line: Vec<String> = Vec::new();
     let flush = |line: &mut Vec<String>, out: &mut Vec<Directive>| {
@@ -168,7 +178,7 @@ fn directives(tokens: &[Token], at: &mut usize) -> (Vec<Directive>, bool) {
             Token::Newline => flush(&mut line, &mut out),
             Token::Open => {
                 flush(&mut line, &mut out);
-                let (block, closed) = directives(tokens, at);
+                let (block, closed) = directives_at(tokens, at, depth + 1);
                 match out.last_mut() {
                     Some(last) if last.block.is_empty() => last.block = block,
                     _ => out.extend(block),
@@ -265,6 +275,11 @@ mod tests {
             );
         }
         assert_eq!(parse(""), Corefile::default());
+        // Nesting deep enough to overflow a stack ends the parse instead.
+        let deep = format!(".:53 {{\n  ready\n  x {}", "{ ".repeat(100_000));
+        let corefile = parse(&deep);
+        assert!(corefile.note.is_some());
+        assert!(corefile.blocks[0].plugins("ready").next().is_some());
         let partial = parse(".:53 {\n  ready\n  health {\n");
         assert!(partial.blocks[0].plugins("ready").next().is_some());
         assert!(partial.note.is_some());

@@ -2,10 +2,11 @@
 //! read-only (`get` and `list`, the ClusterRole of `deploy/doctor-rbac.yaml`).
 //!
 //! What is listed: Deployments, DaemonSets, StatefulSets, Jobs, CronJobs,
-//! HorizontalPodAutoscalers and PodDisruptionBudgets in every namespace; Nodes; ConfigMaps
-//! of kube-system (and of Karpenter's namespace, for its settings); the CoreDNS pods
-//! (`k8s-app=kube-dns` in kube-system), to see where they run; SecurityGroupPolicies, when
-//! their CRD is installed. Bare pods of other namespaces are not listed (workloads are
+//! HorizontalPodAutoscalers and PodDisruptionBudgets in every namespace; Nodes and
+//! Namespaces; the ConfigMaps of kube-system, and elsewhere the ConfigMap CoreDNS mounts
+//! and Karpenter's `karpenter-global-settings` (by name); the CoreDNS pods (by the
+//! Deployment's selector), to see where they run; SecurityGroupPolicies, when their CRD is
+//! installed. Bare pods of other namespaces are not listed (workloads are
 //! checked through their controllers). Each list is turned into the same JSON trees the
 //! file mode reads, so both give the same findings on the same objects.
 
@@ -85,14 +86,10 @@ const LISTINGS: [Listing; 11] = [
         "poddisruptionbudgets",
     ),
     listing("", "v1", "Node", "nodes"),
+    listing("", "v1", "Namespace", "namespaces"),
     Listing {
         namespace: Some("kube-system"),
         ..listing("", "v1", "ConfigMap", "configmaps")
-    },
-    Listing {
-        namespace: Some("kube-system"),
-        labels: Some("k8s-app=kube-dns"),
-        ..listing("", "v1", "Pod", "pods")
     },
     Listing {
         optional: true,
@@ -104,6 +101,16 @@ const LISTINGS: [Listing; 11] = [
         )
     },
 ];
+
+/// The API groups and resources the live mode reads (for the ClusterRole's test).
+pub fn resources() -> Vec<(&'static str, &'static str)> {
+    let mut all: Vec<_> = LISTINGS.iter().map(|l| (l.group, l.plural)).collect();
+    all.push(("", "pods"));
+    all
+}
+
+const CONFIG_MAP: Listing = listing("", "v1", "ConfigMap", "configmaps");
+const POD: Listing = listing("", "v1", "Pod", "pods");
 
 /// A client from `kubeconfig`, or else from the environment (KUBECONFIG, ~/.kube/config,
 /// or the pod's service account in a cluster).
@@ -129,32 +136,72 @@ pub async fn read(client: &Client) -> Result<Objects, LiveError> {
     for listing in &LISTINGS {
         list(client, listing, listing.namespace, &mut objects).await?;
     }
-    // Karpenter's older settings live in a ConfigMap of its own namespace.
-    let karpenter_namespaces: Vec<String> = objects
-        .of_kind("Deployment")
-        .filter(|d| d.name == "karpenter" && d.namespace != "kube-system")
-        .map(|d| d.namespace.clone())
-        .collect();
-    for namespace in karpenter_namespaces {
-        let config_maps = ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        };
+    // What the checks need beyond the lists: the ConfigMaps that CoreDNS, NodeLocal
+    // DNSCache and Karpenter (its older settings) name, where they are not in kube-system;
+    // and the CoreDNS pods, by the Deployment's own selector, to see where they run.
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    if let Some(coredns) = super::checks::coredns(&objects) {
+        let volume = coredns
+            .pod_template()
+            .and_then(|t| t.get("spec")?.get("volumes")?.as_array())
+            .into_iter()
+            .flatten()
+            .find_map(|v| v.get("configMap")?.get("name")?.as_str());
+        if let Some(name) = volume {
+            wanted.push((coredns.namespace.clone(), name.to_owned()));
+        }
+        let selector = coredns
+            .at(&["spec", "selector", "matchLabels"])
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some(format!("{k}={}", v.as_str()?)))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .filter(|s| !s.is_empty());
+        if let Some(selector) = selector {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &coredns.namespace, &resource(&POD));
+            match api.list(&ListParams::default().labels(&selector)).await {
+                Ok(list) => {
+                    for pod in list.items {
+                        let tree = with_type(serde_json::to_value(pod).unwrap_or_default(), "Pod", "v1");
+                        objects.add_tree("CoreDNS pods", tree);
+                    }
+                }
+                Err(error) => objects.notes.push(format!(
+                    "cannot list the CoreDNS pods in {} ({error}): where they run now is not checked",
+                    coredns.namespace
+                )),
+            }
+        }
+    }
+    if let Some((karpenter, _)) = super::checks::karpenter(&objects) {
+        wanted.push((
+            karpenter.namespace.clone(),
+            "karpenter-global-settings".to_owned(),
+        ));
+    }
+    for (namespace, name) in wanted {
+        if namespace == "kube-system" {
+            continue;
+        }
         let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &namespace, &config_maps);
-        if let Ok(Some(config_map)) = api.get_opt("karpenter-global-settings").await {
-            let tree = with_type(
-                serde_json::to_value(config_map).unwrap_or(Value::Null),
-                "ConfigMap",
-                "v1",
-            );
-            objects.add_tree(
-                &format!("ConfigMap {namespace}/karpenter-global-settings"),
-                tree,
-            );
+            Api::namespaced_with(client.clone(), &namespace, &resource(&CONFIG_MAP));
+        match api.get_opt(&name).await {
+            Ok(Some(config_map)) => {
+                let tree = with_type(
+                    serde_json::to_value(config_map).unwrap_or_default(),
+                    "ConfigMap",
+                    "v1",
+                );
+                objects.add_tree(&format!("ConfigMap {namespace}/{name}"), tree);
+            }
+            Ok(None) => {}
+            Err(error) => objects
+                .notes
+                .push(format!("cannot get ConfigMap {namespace}/{name}: {error}")),
         }
     }
     Ok(objects)

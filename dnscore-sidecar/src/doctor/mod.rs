@@ -12,7 +12,7 @@
 //! Nothing here writes to the cluster; the live mode needs `get` and `list` only (the
 //! ClusterRole in `deploy/doctor-rbac.yaml`).
 
-mod checks;
+pub(crate) mod checks;
 pub mod corefile;
 pub mod live;
 pub mod objects;

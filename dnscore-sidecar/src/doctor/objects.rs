@@ -59,6 +59,8 @@ impl Object {
             "CronJob" => self.at(&["spec", "jobTemplate", "spec", "template"]),
             _ => None,
         }
+        // A template that is not an object is no template.
+        .filter(|t| t.get("spec").is_some_and(Value::is_object))
     }
 }
 
@@ -127,7 +129,7 @@ impl Objects {
             let value =
                 serde_norway::Value::deserialize(document).map_err(|err| InputError::Yaml {
                     source_name: source_name.to_owned(),
-                    line: err.location().map_or(0, |l| l.line()),
+                    line: err.location().map_or(1, |l| l.line()),
                     error: err.to_string(),
                 })?;
             if value.is_null() {
@@ -148,7 +150,9 @@ impl Objects {
     /// Adds an object or a `List` (`kind: List` or `*List`) of them.
     pub fn add_tree(&mut self, origin: &str, tree: Value) {
         let kind = tree.get("kind").and_then(Value::as_str).unwrap_or("");
-        if kind == "List" || kind.ends_with("List") {
+        if (kind == "List" || kind.ends_with("List"))
+            && tree.get("items").is_some_and(Value::is_array)
+        {
             // API list responses leave kind and apiVersion out of their items.
             let item_kind = kind.strip_suffix("List").unwrap_or("").to_owned();
             let api_version = tree.get("apiVersion").cloned();
@@ -170,7 +174,14 @@ impl Objects {
             return;
         }
         match Object::from_tree(tree) {
-            Some(object) if KINDS.contains(&object.kind.as_str()) => self.objects.push(object),
+            // The same object in two files (or a file and a List) counts once: the last read.
+            Some(object) if KINDS.contains(&object.kind.as_str()) => {
+                self.objects.retain(|o| {
+                    (&o.kind, &o.namespace, &o.name)
+                        != (&object.kind, &object.namespace, &object.name)
+                });
+                self.objects.push(object);
+            }
             Some(object) => *self.skipped.entry(object.kind).or_default() += 1,
             None => self.notes.push(format!(
                 "{origin}: skipped: not an object with a kind and a name"

@@ -24,7 +24,7 @@ pub(super) const SPOT_LABELS: [(&str, &str); 3] = [
 
 /// The CoreDNS Deployment: kube-system's `coredns` or `kube-dns`, or the one whose pods
 /// carry `k8s-app: kube-dns`.
-fn find(objects: &Objects) -> Option<&Object> {
+pub(crate) fn find(objects: &Objects) -> Option<&Object> {
     objects
         .find("Deployment", "kube-system", "coredns")
         .or_else(|| objects.find("Deployment", "kube-system", "kube-dns"))
@@ -68,35 +68,36 @@ pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut 
         d.pod_template().is_some_and(|t| {
             containers(t).any(|c| {
                 let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-                let targets = c
-                    .get("args")
-                    .or_else(|| c.get("command"))
-                    .and_then(Value::as_array)
-                    .is_some_and(|args| {
-                        args.iter().filter_map(Value::as_str).any(|a| {
-                            a.to_ascii_lowercase()
-                                .contains(&format!("deployment/{}", deployment.name))
-                        })
-                    });
-                image.contains("cluster-proportional-autoscaler") && targets
+                image.contains("cluster-proportional-autoscaler")
+                    && targets(c).is_some_and(|(kind, name)| {
+                        kind.eq_ignore_ascii_case("deployment") && name == deployment.name
+                    })
             })
         })
     });
 
     // Replicas: the HPA's floor when one scales it.
-    let replicas = deployment
-        .at(&["spec", "replicas"])
-        .and_then(Value::as_u64)
-        .unwrap_or(1);
+    // A count that is not a number is noted, not taken for the default.
+    let count = |object: &Object, path: &[&str], default: u64| match object.at(path) {
+        None | Some(Value::Null) => Some(default),
+        Some(value) => value.as_u64(),
+    };
+    let replicas = count(deployment, &["spec", "replicas"], 1);
     let floor = match hpa {
         // minReplicas defaults to 1.
-        Some(hpa) => hpa
-            .at(&["spec", "minReplicas"])
-            .and_then(Value::as_u64)
-            .unwrap_or(1),
+        Some(hpa) => count(hpa, &["spec", "minReplicas"], 1),
         None => replicas,
     };
-    if floor < MIN_REPLICAS {
+    let replicas = replicas.unwrap_or(0);
+    if floor.is_none() {
+        notes.push(format!(
+            "{}: replicas (or its HPA's minReplicas) is not a number: coredns-replicas not checked",
+            deployment.label()
+        ));
+    }
+    if let Some(floor) = floor
+        && floor < MIN_REPLICAS
+    {
         let severity = if floor <= 1 {
             Severity::Critical
         } else {
@@ -136,12 +137,19 @@ pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut 
         ));
     }
 
-    let covered = objects.of_kind("PodDisruptionBudget").any(|pdb| {
-        pdb.namespace == deployment.namespace
-            && pdb
-                .at(&["spec", "selector"])
-                .is_some_and(|s| selects(s, &labels))
-    });
+    if !labels.is_object() {
+        notes.push(format!(
+            "{}: its pod template has no labels: coredns-pdb not checked",
+            deployment.label()
+        ));
+    }
+    let covered = !labels.is_object()
+        || objects.of_kind("PodDisruptionBudget").any(|pdb| {
+            pdb.namespace == deployment.namespace
+                && pdb
+                    .at(&["spec", "selector"])
+                    .is_some_and(|s| selects(s, &labels))
+        });
     if !covered {
         findings.push(finding(
             "coredns-pdb",
@@ -200,7 +208,7 @@ pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut 
         return;
     };
     corefile_checks(&corefile, config_map, deployment, template, findings);
-    super::nodelocal::force_tcp(&corefile, config_map, findings);
+    super::nodelocal::force_tcp(&corefile, config_map, objects, findings);
 }
 
 /// Where CoreDNS may be scheduled against the capacity types of the nodes.
@@ -211,36 +219,60 @@ fn spot(
     labels: &Value,
     findings: &mut Vec<Finding>,
 ) {
-    let pinned_to_spot = spec.get("nodeSelector").is_some_and(|s| {
-        SPOT_LABELS
-            .iter()
-            .any(|(k, v)| s.get(k).and_then(Value::as_str) == Some(v))
-    });
-    let kept_off_spot = spec.get("nodeSelector").is_some_and(|s| {
-        SPOT_LABELS.iter().any(|(k, _)| {
-            s.get(k)
-                .and_then(Value::as_str)
-                .is_some_and(|v| !is_spot(k, v))
-        })
-    }) || required_terms(spec).is_some_and(|terms| {
-        // Every term must exclude spot: a pod may go to a node matching any term.
-        !terms.is_empty() && terms.iter().all(term_excludes_spot)
-    });
+    let node_selector = spec.get("nodeSelector").filter(|s| s.is_object());
+    let selector_label = |key: &str| {
+        node_selector
+            .and_then(|s| s.get(key))
+            .and_then(Value::as_str)
+    };
     let spot_nodes: Vec<&Object> = objects
         .of_kind("Node")
-        .filter(|n| {
-            SPOT_LABELS
-                .iter()
-                .any(|(k, v)| n.at(&["metadata", "labels", k]).and_then(Value::as_str) == Some(v))
-        })
+        .filter(|n| n.at(&["metadata", "labels"]).is_some_and(is_spot_node))
         .collect();
+    let terms = required_terms(spec);
+    // Required terms all asking for spot, or a nodeSelector that does.
+    let pinned_to_spot = SPOT_LABELS
+        .iter()
+        .any(|(k, v)| selector_label(k) == Some(v))
+        || terms.is_some_and(|t| !t.is_empty() && t.iter().all(term_requires_spot));
+    // Kept off spot: a nodeSelector on a non-spot capacity value, or required terms that
+    // no spot node read matches (without nodes read: terms that name on-demand capacity).
+    let kept_off_spot = SPOT_LABELS
+        .iter()
+        .any(|(k, v)| selector_label(k).is_some_and(|s| s != *v))
+        || terms.is_some_and(|terms| {
+            !terms.is_empty()
+                && if spot_nodes.is_empty() {
+                    terms.iter().all(term_requires_on_demand)
+                } else {
+                    spot_nodes.iter().all(|node| {
+                        let labels = node.at(&["metadata", "labels"]).unwrap_or(&Value::Null);
+                        !terms.iter().any(|term| selects(term, labels))
+                    })
+                }
+        });
+    let prefers_spot = at(
+        spec,
+        &[
+            "affinity",
+            "nodeAffinity",
+            "preferredDuringSchedulingIgnoredDuringExecution",
+        ],
+    )
+    .and_then(Value::as_array)
+    .is_some_and(|p| {
+        p.iter()
+            .filter_map(|p| p.get("preference"))
+            .any(term_requires_spot)
+    });
     // Pods already on a spot node, when the pods were read.
     let on_spot: Vec<&str> = objects
         .of_kind("Pod")
         .filter(|p| p.namespace == deployment.namespace)
         .filter(|p| {
-            p.at(&["metadata", "labels"])
-                .is_some_and(|l| selects(&serde_json::json!({ "matchLabels": labels }), l))
+            labels.is_object()
+                && p.at(&["metadata", "labels"])
+                    .is_some_and(|l| selects(&serde_json::json!({ "matchLabels": labels }), l))
         })
         .filter_map(|p| p.at(&["spec", "nodeName"])?.as_str())
         .filter(|node| spot_nodes.iter().any(|n| n.name == *node))
@@ -249,12 +281,17 @@ fn spot(
     let problem = if pinned_to_spot {
         Some((
             Severity::Critical,
-            "CoreDNS's nodeSelector asks for spot capacity".to_owned(),
+            "CoreDNS is required to run on spot capacity".to_owned(),
         ))
     } else if !on_spot.is_empty() {
         Some((
             Severity::Critical,
             format!("CoreDNS pods run on spot nodes now: {}", on_spot.join(", ")),
+        ))
+    } else if prefers_spot {
+        Some((
+            Severity::Warning,
+            "CoreDNS prefers spot capacity".to_owned(),
         ))
     } else if !kept_off_spot && (!spot_nodes.is_empty() || karpenter) {
         let what = if spot_nodes.is_empty() {
@@ -284,8 +321,30 @@ fn spot(
     }
 }
 
+/// The `--target=KIND/NAME` of a cluster-proportional-autoscaler container, from its
+/// command or args.
+fn targets(container: &Value) -> Option<(String, String)> {
+    ["command", "args"]
+        .iter()
+        .filter_map(|key| container.get(key)?.as_array())
+        .flatten()
+        .filter_map(Value::as_str)
+        .find_map(|arg| {
+            let target = arg.strip_prefix("--target=")?;
+            let (kind, name) = target.split_once('/')?;
+            Some((kind.to_owned(), name.to_owned()))
+        })
+}
+
 fn is_spot(key: &str, value: &str) -> bool {
     SPOT_LABELS.iter().any(|(k, v)| *k == key && *v == value)
+}
+
+/// Whether a node's labels mark spot capacity.
+fn is_spot_node(labels: &Value) -> bool {
+    SPOT_LABELS
+        .iter()
+        .any(|(k, v)| labels.get(k).and_then(Value::as_str) == Some(v))
 }
 
 fn required_terms(spec: &Value) -> Option<&Vec<Value>> {
@@ -301,27 +360,41 @@ fn required_terms(spec: &Value) -> Option<&Vec<Value>> {
     .as_array()
 }
 
-/// Whether a node selector term admits only non-spot nodes.
-fn term_excludes_spot(term: &Value) -> bool {
-    let Some(expressions) = term.get("matchExpressions").and_then(Value::as_array) else {
-        return false;
-    };
-    expressions.iter().any(|e| {
-        let key = e.get("key").and_then(Value::as_str).unwrap_or("");
-        if !SPOT_LABELS.iter().any(|(k, _)| *k == key) {
-            return false;
-        }
-        let values: Vec<&str> = e
-            .get("values")
-            .and_then(Value::as_array)
-            .map(|v| v.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        match e.get("operator").and_then(Value::as_str) {
-            Some("In") => !values.is_empty() && values.iter().all(|v| !is_spot(key, v)),
-            Some("NotIn") => values.iter().any(|v| is_spot(key, v)),
-            _ => false,
-        }
-    })
+/// The capacity values a term's `In` expressions on capacity labels admit, per label.
+fn capacity_in(term: &Value) -> Vec<(&str, Vec<&str>)> {
+    term.get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.get("operator").and_then(Value::as_str) == Some("In"))
+        .filter_map(|e| {
+            let key = e.get("key")?.as_str()?;
+            SPOT_LABELS.iter().any(|(k, _)| *k == key).then(|| {
+                let values = e
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .map(|v| v.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                (key, values)
+            })
+        })
+        .collect()
+}
+
+/// Whether a node selector term admits only spot nodes (an `In` of spot values only).
+fn term_requires_spot(term: &Value) -> bool {
+    capacity_in(term)
+        .iter()
+        .any(|(key, values)| !values.is_empty() && values.iter().all(|v| is_spot(key, v)))
+}
+
+/// Whether a term admits only non-spot capacity (an `In` without a spot value). A `NotIn`
+/// on one label says nothing of nodes that carry another (an EKS spot node has no
+/// Karpenter label), so it counts only against the nodes read.
+fn term_requires_on_demand(term: &Value) -> bool {
+    capacity_in(term)
+        .iter()
+        .any(|(key, values)| !values.is_empty() && values.iter().all(|v| !is_spot(key, v)))
 }
 
 /// The health, lameduck, grace period and ready checks on CoreDNS's Corefile.
@@ -342,9 +415,10 @@ fn corefile_checks(
         .and_then(|l| l.args.first())
         .and_then(|d| duration(d));
     if lameduck.is_none_or(|l| l < MIN_LAMEDUCK) {
-        let problem = match lameduck {
-            None => "the health plugin has no lameduck".to_owned(),
-            Some(l) => format!(
+        let problem = match (lameduck, root.plugins("health").next()) {
+            (None, None) => "the root server block has no health plugin".to_owned(),
+            (None, Some(_)) => "the health plugin has no lameduck".to_owned(),
+            (Some(l), _) => format!(
                 "health {{ lameduck {} }} is under {}",
                 seconds(l),
                 seconds(MIN_LAMEDUCK)

@@ -18,10 +18,13 @@ use super::{Finding, Severity};
 /// The pod's default `terminationGracePeriodSeconds`.
 const DEFAULT_GRACE: u64 = 30;
 
+pub(crate) use coredns::find as coredns;
+pub(crate) use nodes::karpenter;
+
 pub(super) fn run(objects: &Objects, notes: &mut Vec<String>) -> Vec<Finding> {
     let mut findings = Vec::new();
     coredns::check(objects, &mut findings, notes);
-    nodelocal::check(objects, &mut findings);
+    nodelocal::check(objects, &mut findings, notes);
     nodes::check(objects, &mut findings, notes);
     workloads::check(objects, &mut findings);
     findings
@@ -69,15 +72,53 @@ fn containers(template: &Value) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
-/// A container's environment variable, when it has a literal value.
-fn env<'a>(container: &'a Value, name: &str) -> Option<&'a str> {
-    container
-        .get("env")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("name").and_then(Value::as_str) == Some(name))?
-        .get("value")?
-        .as_str()
+/// A container's environment variable, as far as the object tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Env<'a> {
+    /// Set to this literal value.
+    Value(&'a str),
+    /// Set from a ConfigMap, Secret or field (`valueFrom`), or maybe by `envFrom`: not
+    /// known from the object.
+    Unknown,
+    /// Not set.
+    Absent,
+}
+
+impl<'a> Env<'a> {
+    /// The literal value, if there is one.
+    fn value(self) -> Option<&'a str> {
+        match self {
+            Self::Value(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Whether it is set to a value Go's `strconv.ParseBool` reads as true.
+    fn is_true(self) -> bool {
+        self.value()
+            .is_some_and(|v| matches!(v, "1" | "t" | "T" | "true" | "TRUE" | "True"))
+    }
+}
+
+/// A container's environment variable; the last entry of a name wins, as in Kubernetes.
+fn env<'a>(container: &'a Value, name: &str) -> Env<'a> {
+    let entry = container
+        .get("env")
+        .and_then(Value::as_array)
+        .and_then(|env| {
+            env.iter()
+                .rev()
+                .find(|e| e.get("name").and_then(Value::as_str) == Some(name))
+        });
+    match entry {
+        Some(e) => match e.get("value").and_then(Value::as_str) {
+            Some(v) => Env::Value(v),
+            None if e.get("valueFrom").is_some() => Env::Unknown,
+            None => Env::Value(""),
+        },
+        None if container.get("envFrom").is_some() => Env::Unknown,
+        None => Env::Absent,
+    }
 }
 
 /// A pod template's `terminationGracePeriodSeconds`, or the default.
@@ -89,11 +130,69 @@ fn grace_period(template: &Value) -> u64 {
         .unwrap_or(DEFAULT_GRACE)
 }
 
-/// A duration as CoreDNS and dnscore write them (`5s`, `1500ms`, `1m`).
+/// A duration as CoreDNS (Go's `time.ParseDuration`: `5s`, `1m30s`, `1.5s`) and dnscore
+/// (`1500ms`, bare seconds) write them.
 fn duration(text: &str) -> Option<Duration> {
-    dnscore::settings::parse_duration(text)
+    dnscore::settings::parse_duration(text).or_else(|| go_duration(text))
+}
+
+/// Go's duration syntax: numbers with units `h`, `m`, `s`, `ms`, `us`/`µs`, `ns`, in a row.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * seconds;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 fn seconds(d: Duration) -> String {
     dnscore::settings::format_duration(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn go_durations_and_environment_values() {
+        assert_eq!(duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(duration("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(duration("soon"), None);
+        assert_eq!(duration("5x"), None);
+        let container = json!({"env": [
+            {"name": "A", "value": "1"},
+            {"name": "A", "value": "false"},
+            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}},
+            {"name": "C", "value": "True"}
+        ]});
+        assert_eq!(env(&container, "A"), Env::Value("false"), "the last wins");
+        assert_eq!(env(&container, "B"), Env::Unknown);
+        assert!(env(&container, "C").is_true());
+        assert_eq!(env(&container, "D"), Env::Absent);
+        assert_eq!(env(&json!({"envFrom": [{}]}), "D"), Env::Unknown);
+    }
 }

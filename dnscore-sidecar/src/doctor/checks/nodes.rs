@@ -24,33 +24,62 @@ pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut 
 
 /// kube-proxy's configuration: EKS's `kube-proxy-config` (key `config`) or kubeadm's
 /// `kube-proxy` (key `config.conf`), in kube-system.
-fn kube_proxy_config(objects: &Objects) -> Option<(&Object, Value)> {
-    [
+fn kube_proxy_config<'a>(
+    objects: &'a Objects,
+    notes: &mut Vec<String>,
+) -> Option<(&'a Object, Value)> {
+    let (config_map, text) = [
         ("kube-proxy-config", "config"),
         ("kube-proxy", "config.conf"),
     ]
     .into_iter()
     .find_map(|(name, key)| {
         let config_map = objects.find("ConfigMap", "kube-system", name)?;
-        let text = config_map.at(&["data", key])?.as_str()?;
-        let value: serde_norway::Value = serde_norway::from_str(text).ok()?;
-        Some((config_map, serde_json::to_value(value).ok()?))
-    })
+        Some((config_map, config_map.at(&["data", key])?.as_str()?))
+    })?;
+    let parsed = serde_norway::from_str::<serde_norway::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_value(v).ok())
+        .filter(Value::is_object);
+    if parsed.is_none() {
+        notes.push(format!(
+            "{}: its KubeProxyConfiguration does not read as YAML: conntrack-capacity skipped",
+            config_map.label()
+        ));
+    }
+    Some((config_map, parsed?))
 }
 
 fn conntrack(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut Vec<String>) {
-    let Some((config_map, config)) = kube_proxy_config(objects) else {
+    let Some((config_map, config)) = kube_proxy_config(objects, notes) else {
         return;
     };
+    // Clusters that replaced kube-proxy (Cilium, EKS Auto Mode) may keep its ConfigMap.
+    let daemon_sets_read = objects.of_kind("DaemonSet").next().is_some();
+    if daemon_sets_read
+        && objects
+            .find("DaemonSet", "kube-system", "kube-proxy")
+            .is_none()
+    {
+        notes.push(format!(
+            "{} is there but no kube-system/kube-proxy DaemonSet: conntrack-capacity skipped",
+            config_map.label()
+        ));
+        return;
+    }
     let conntrack = config.get("conntrack").unwrap_or(&Value::Null);
-    let max_per_core = conntrack
-        .get("maxPerCore")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MAX_PER_CORE);
-    let min = conntrack
-        .get("min")
-        .and_then(Value::as_u64)
-        .unwrap_or(DEFAULT_MIN);
+    // int32 fields in kube-proxy; a larger number is taken at that bound.
+    let field = |key: &str, default: u64| {
+        conntrack
+            .get(key)
+            .and_then(Value::as_u64)
+            .unwrap_or(default)
+            .min(i32::MAX as u64)
+    };
+    let (max_per_core, min) = (
+        field("maxPerCore", DEFAULT_MAX_PER_CORE),
+        field("min", DEFAULT_MIN),
+    );
     if max_per_core == 0 {
         notes.push(format!(
             "{}: conntrack.maxPerCore is 0, so kube-proxy leaves nf_conntrack_max as the node \
@@ -82,7 +111,7 @@ fn conntrack(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut Vec<Str
         if pods == 0 {
             continue;
         }
-        let table = (max_per_core * cpus).max(min);
+        let table = max_per_core.saturating_mul(cpus).max(min);
         let per_pod = table / pods;
         let severity = match per_pod {
             p if p < CRITICAL_PER_POD => Severity::Critical,
@@ -94,8 +123,9 @@ fn conntrack(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut Vec<Str
             severity,
             node,
             format!(
-                "nf_conntrack_max {table} (maxPerCore {max_per_core} x {cpus} CPUs, min {min}) \
-                 for up to {pods} pods: {per_pod} entries per pod"
+                "nf_conntrack_max {table} (maxPerCore {max_per_core} x {cpus} CPUs, min {min}; \
+                 more only if the node raises it itself) for up to {pods} pods: {per_pod} \
+                 entries per pod"
             ),
             "every UDP DNS query holds a conntrack entry for 30 s; when the table is full the \
              node drops new connections of every kind, not only DNS",
@@ -103,22 +133,33 @@ fn conntrack(objects: &Objects, findings: &mut Vec<Finding>, notes: &mut Vec<Str
                 "raise conntrack.maxPerCore in {} (e.g. {}), or cut the entries: a DNS cache \
                  in the pod (dnscore keeps a few sockets per upstream) or NodeLocal DNSCache",
                 config_map.label(),
-                (WARN_PER_POD * pods).div_ceil(cpus).next_power_of_two()
+                WARN_PER_POD
+                    .saturating_mul(pods)
+                    .div_ceil(cpus)
+                    .checked_next_power_of_two()
+                    .unwrap_or(u64::MAX)
+                    .min(i32::MAX as u64)
             ),
         ));
     }
 }
 
-/// A CPU quantity as a count of cores (`2`, `2000m`, rounded down, at least 1).
+/// A CPU quantity as a count of cores (`2`, `2000m`, rounded down, at least 1); `None`
+/// for no CPU at all or what does not read as a count.
 fn cpu_count(quantity: &str) -> Option<u64> {
-    match quantity.strip_suffix('m') {
-        Some(milli) => milli.parse::<u64>().ok().map(|m| (m / 1000).max(1)),
+    let cores = match quantity.strip_suffix('m') {
+        Some(milli) => milli
+            .parse::<u64>()
+            .ok()
+            .filter(|&m| m > 0)
+            .map(|m| (m / 1000).max(1)),
         None => quantity.parse::<u64>().ok(),
-    }
+    };
+    cores.filter(|&c| c > 0)
 }
 
 /// Karpenter's controller Deployment, found by its image.
-pub(super) fn karpenter(objects: &Objects) -> Option<(&Object, &Value)> {
+pub(crate) fn karpenter(objects: &Objects) -> Option<(&Object, &Value)> {
     objects.of_kind("Deployment").find_map(|d| {
         let container = containers(d.pod_template()?).find(|c| {
             c.get("image")
@@ -134,10 +175,26 @@ fn interruption_queue(objects: &Objects, findings: &mut Vec<Finding>) {
         return;
     };
     let set = |v: Option<&str>| v.is_some_and(|v| !v.trim().is_empty());
+    let queue_env = [
+        env(controller, "INTERRUPTION_QUEUE"),
+        env(controller, "AWS_INTERRUPTION_QUEUE_NAME"),
+    ];
+    // Set from a reference: not known here, so not said to be missing.
+    if queue_env.contains(&super::Env::Unknown) {
+        return;
+    }
+    let flag = controller
+        .get("args")
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .any(|a| a.starts_with("--interruption-queue"))
+        });
     // INTERRUPTION_QUEUE since v0.32; AWS_INTERRUPTION_QUEUE_NAME and the
     // karpenter-global-settings ConfigMap before.
-    let queue = set(env(controller, "INTERRUPTION_QUEUE"))
-        || set(env(controller, "AWS_INTERRUPTION_QUEUE_NAME"))
+    let queue = flag
+        || queue_env.iter().any(|e| set(e.value()))
         || objects
             .find(
                 "ConfigMap",
@@ -172,5 +229,7 @@ mod tests {
         assert_eq!(cpu_count("3500m"), Some(3));
         assert_eq!(cpu_count("500m"), Some(1));
         assert_eq!(cpu_count("two"), None);
+        assert_eq!(cpu_count("0"), None);
+        assert_eq!(cpu_count("0m"), None);
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{duration, finding, grace_period, seconds};
 use crate::doctor::objects::{Object, Objects};
 use crate::doctor::{Finding, Severity};
-use crate::inject::{CONTAINER_NAME, INJECTED_ANNOTATION};
+use crate::inject::{CONTAINER_NAME, INJECT_ANNOTATION, INJECTED_ANNOTATION};
 
 /// The workload kinds checked (bare pods only when no controller owns them).
 const WORKLOADS: [&str; 6] = [
@@ -23,6 +23,16 @@ const WORKLOADS: [&str; 6] = [
 const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>) {
+    // Namespaces the webhook injects into (when the Namespaces were read).
+    let webhook_namespaces: Vec<&str> = objects
+        .of_kind("Namespace")
+        .filter(|n| {
+            n.at(&["metadata", "labels", INJECT_ANNOTATION])
+                .and_then(Value::as_str)
+                == Some("enabled")
+        })
+        .map(|n| n.name.as_str())
+        .collect();
     for object in objects
         .objects
         .iter()
@@ -39,7 +49,12 @@ pub(super) fn check(objects: &Objects, findings: &mut Vec<Finding>) {
             continue;
         };
         match sidecar(template) {
-            Some(sidecar) => grace(object, template, sidecar, findings),
+            Some(sidecar) => grace(object, template, Some(sidecar), findings),
+            // Injected when its pods are created, by the webhook: the template says so only
+            // through the labels that select it.
+            None if by_webhook(object, template, &webhook_namespaces) => {
+                grace(object, template, None, findings);
+            }
             None => ndots(object, template, findings),
         }
     }
@@ -61,7 +76,36 @@ fn sidecar(template: &Value) -> Option<&Value> {
         .then_some(sidecar)
 }
 
-/// The sidecar's `--lameduck` (`--lameduck=5s` or `--lameduck 5s`), or its default.
+/// Whether the webhook injects this workload's pods: its namespace or its pod template is
+/// labelled `dnscore.io/inject: enabled`, and it is not opted out.
+fn by_webhook(object: &Object, template: &Value, webhook_namespaces: &[&str]) -> bool {
+    let meta = |key: &str| {
+        template
+            .get("metadata")
+            .and_then(|m| m.get(key))
+            .and_then(|m| m.get(INJECT_ANNOTATION))
+            .and_then(Value::as_str)
+    };
+    let opted_out = meta("labels") == Some("disabled") || meta("annotations") == Some("disabled");
+    !opted_out
+        && (meta("labels") == Some("enabled")
+            || webhook_namespaces.contains(&object.namespace.as_str()))
+}
+
+/// The lameduck of a sidecar the webhook will add: the `dnscore.io/lameduck` annotation,
+/// else the default (the webhook's own `--lameduck` is not in the cluster's objects).
+fn webhook_lameduck(template: &Value) -> Duration {
+    template
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get("dnscore.io/lameduck"))
+        .and_then(Value::as_str)
+        .and_then(duration)
+        .unwrap_or(crate::config::DEFAULT_LAMEDUCK)
+}
+
+/// The sidecar's `--lameduck` (`--lameduck=5s` or `--lameduck 5s`, or `DNSCORE_LAMEDUCK`),
+/// or its default.
 fn lameduck(sidecar: &Value) -> Duration {
     let args: Vec<&str> = sidecar
         .get("args")
@@ -76,12 +120,13 @@ fn lameduck(sidecar: &Value) -> Duration {
         })
     });
     value
+        .or_else(|| super::env(sidecar, "DNSCORE_LAMEDUCK").value())
         .and_then(duration)
         .unwrap_or(crate::config::DEFAULT_LAMEDUCK)
 }
 
-fn grace(object: &Object, template: &Value, sidecar: &Value, findings: &mut Vec<Finding>) {
-    let lameduck = lameduck(sidecar);
+fn grace(object: &Object, template: &Value, sidecar: Option<&Value>, findings: &mut Vec<Finding>) {
+    let lameduck = sidecar.map_or_else(|| webhook_lameduck(template), lameduck);
     let grace = grace_period(template);
     if grace > lameduck.as_secs() {
         return;
