@@ -115,15 +115,21 @@ fn run_inject(flags: &InjectFlags) -> ExitCode {
     }
 }
 
-/// `dnscore-sidecar webhook`: serves until SIGTERM or SIGINT.
-fn run_webhook(flags: &WebhookFlags) -> ExitCode {
-    use dnscore_sidecar::webhook::{Webhook, serve, tls::Certificates};
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+/// Logs of the subcommands: text on stderr, `RUST_LOG` or `default` as the filter (colours
+/// only on a terminal).
+fn init_plain_logging(default: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| default.to_owned());
     fmt()
-        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new(default)))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// `dnscore-sidecar webhook`: serves until SIGTERM or SIGINT.
+fn run_webhook(flags: &WebhookFlags) -> ExitCode {
+    use dnscore_sidecar::webhook::{Webhook, serve, tls::Certificates};
+    init_plain_logging("info");
     let fail = |err: &dyn std::fmt::Display| {
         eprintln!("dnscore-sidecar webhook: {err}");
         ExitCode::from(2)
@@ -198,12 +204,7 @@ fn run_doctor(flags: &DoctorFlags) -> ExitCode {
         return ExitCode::from(2);
     }
     // Warnings of the live mode's client (RUST_LOG=debug shows its requests).
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned());
-    fmt()
-        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_plain_logging("warn");
     let objects = if flags.files.is_empty() {
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()

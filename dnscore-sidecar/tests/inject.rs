@@ -12,40 +12,13 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Deserialize;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_norway::Value;
+
+mod common;
+use common::{documents, kind, name, typed};
 
 const APP: &str = include_str!("fixtures/app.yaml");
 const EXAMPLE: &str = include_str!("../deploy/deployment.yaml");
-
-fn documents(text: &str) -> Vec<Value> {
-    serde_norway::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-/// Deserializes `doc` as `T` and checks that nothing was lost on the way: a field the typed
-/// object does not know (a typo, a field at the wrong level) would be missing on the way back.
-fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
-    let object: T = serde_norway::from_value(doc.clone()).unwrap();
-    assert_eq!(
-        &serde_norway::to_value(&object).unwrap(),
-        doc,
-        "the typed round trip changed the document"
-    );
-    object
-}
-
-fn kind(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap()
-}
-
-fn name(doc: &Value) -> &str {
-    doc["metadata"]["name"].as_str().unwrap()
-}
 
 /// The pod spec of a workload document, through its typed object.
 fn pod_spec(doc: &Value) -> PodSpec {

@@ -19,10 +19,10 @@ use k8s_openapi::api::core::v1::{Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Deserialize;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_norway::Value;
+
+mod common;
+use common::{documents, kind, name, typed};
 
 const NAMESPACE: &str = "dnscore-system";
 const NAME: &str = "dnscore-webhook";
@@ -109,31 +109,7 @@ fn render(dir: &Path) -> Vec<Value> {
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_norway::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).unwrap())
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-/// Deserializes `doc` as `T` and checks that nothing was lost on the way: a field the typed
-/// object does not know (a typo, a field at the wrong level) would be missing on the way back.
-fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
-    let object: T = serde_norway::from_value(doc.clone()).unwrap();
-    assert_eq!(
-        &serde_norway::to_value(&object).unwrap(),
-        doc,
-        "the typed round trip changed the document"
-    );
-    object
-}
-
-fn kind(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap()
-}
-
-fn name(doc: &Value) -> &str {
-    doc["metadata"]["name"].as_str().unwrap()
+    documents(&String::from_utf8(out.stdout).unwrap())
 }
 
 fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
