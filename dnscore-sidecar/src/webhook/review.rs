@@ -422,29 +422,24 @@ fn decide(request: &RequestIn<'_>, defaults: &InjectOptions) -> (Decision, Revie
     };
     // initContainers by hand (its elements are names and ports here), the rest by diff.
     let before = take_init_containers(&mut original);
-    let Some(Value::Array(mut after)) = take_init_containers(&mut changed) else {
+    let sidecar = match take_init_containers(&mut changed) {
+        Some(Value::Array(after)) => after.into_iter().next(),
+        _ => None,
+    };
+    let Some(sidecar) = sidecar.filter(|c| c["name"] == CONTAINER_NAME) else {
         return failed("the sidecar was not added".to_owned());
     };
     let existing = before.as_ref().and_then(sidecar_position);
     // A sidecar there already (without the annotation) is replaced: its other fields are
     // not read here, so it is never known to be the same.
-    let mut patch = init_container_ops(
-        matches!(before, Some(Value::Array(_))),
-        existing,
-        after.swap_remove(0),
-    );
+    let mut patch = init_container_ops(matches!(before, Some(Value::Array(_))), existing, sidecar);
     patch.extend(json_patch::diff(&original, &changed).0);
-    let outcome = if patch.is_empty() {
-        ReviewOutcome::AlreadyInjected
-    } else {
-        ReviewOutcome::Injected
-    };
     (
         Decision {
             patch: Some(patch),
             warnings,
         },
-        outcome,
+        ReviewOutcome::Injected,
     )
 }
 
