@@ -565,7 +565,8 @@ fn the_cluster_role_grants_get_and_list_of_what_the_live_mode_lists() {
 // The live mode: an HTTPS server in the test plays the API server.
 
 /// API list paths and the kinds they serve.
-const PATHS: [(&str, &str, &str); 12] = [
+const PATHS: [(&str, &str, &str); 13] = [
+    ("/api/v1/namespaces/kube-system/services", "Service", "v1"),
     ("/api/v1/namespaces", "Namespace", "v1"),
     ("/apis/apps/v1/deployments", "Deployment", "apps/v1"),
     ("/apis/apps/v1/daemonsets", "DaemonSet", "apps/v1"),

@@ -49,6 +49,16 @@ fn find<'a>(docs: &'a [Value], kind_: &str, name_: &str) -> &'a Value {
         .unwrap()
 }
 
+/// The names of a pod spec's init containers, in order.
+fn init_names(spec: &PodSpec) -> Vec<&str> {
+    spec.init_containers
+        .as_deref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 /// The properties every injected pod must have.
 fn assert_injected(spec: &PodSpec, namespace: &str, image: &str) {
     let init = spec.init_containers.as_deref().unwrap();
@@ -246,13 +256,7 @@ fn a_pods_own_dns_settings_init_containers_and_sysctls_are_merged_not_replaced()
     let docs = documents(&report.output);
 
     let web = pod_spec(find(&docs, "Deployment", "web"));
-    let init: Vec<&str> = web
-        .init_containers
-        .as_deref()
-        .unwrap()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let init = init_names(&web);
     assert_eq!(
         init,
         ["dnscore", "migrate"],
@@ -468,12 +472,6 @@ fn the_sidecar_is_moved_back_to_the_front_of_the_init_containers() {
     let report = inject(&moved, &options).unwrap();
     assert_eq!(report.objects[0].outcome, Outcome::Injected);
     let spec = pod_spec(&documents(&report.output)[0]);
-    let names: Vec<&str> = spec
-        .init_containers
-        .as_deref()
-        .unwrap()
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let names = init_names(&spec);
     assert_eq!(names, [CONTAINER_NAME, "migrate"]);
 }

@@ -3,7 +3,7 @@
 //!
 //! What is listed: Deployments, DaemonSets, StatefulSets, Jobs, CronJobs,
 //! HorizontalPodAutoscalers and PodDisruptionBudgets in every namespace; Nodes and
-//! Namespaces; the ConfigMaps of kube-system, and elsewhere the ConfigMap CoreDNS mounts
+//! Namespaces; the ConfigMaps and Services of kube-system, and elsewhere the ConfigMap CoreDNS mounts
 //! and Karpenter's `karpenter-global-settings` (by name); the CoreDNS pods (by the
 //! Deployment's selector), to see where they run; SecurityGroupPolicies, when their CRD is
 //! installed. Bare pods of other namespaces are not listed (workloads are
@@ -67,7 +67,7 @@ const fn listing(
     }
 }
 
-const LISTINGS: [Listing; 11] = [
+const LISTINGS: [Listing; 12] = [
     listing("apps", "v1", "Deployment", "deployments"),
     listing("apps", "v1", "DaemonSet", "daemonsets"),
     listing("apps", "v1", "StatefulSet", "statefulsets"),
@@ -90,6 +90,11 @@ const LISTINGS: [Listing; 11] = [
     Listing {
         namespace: Some("kube-system"),
         ..listing("", "v1", "ConfigMap", "configmaps")
+    },
+    // kube-dns's address tells a forward to the cluster DNS from one to elsewhere.
+    Listing {
+        namespace: Some("kube-system"),
+        ..listing("", "v1", "Service", "services")
     },
     Listing {
         optional: true,

@@ -91,7 +91,7 @@ struct OutcomeLabel {
 /// The webhook's state: how to inject, and what it reports on.
 #[derive(Debug)]
 pub struct Webhook {
-    options: Arc<InjectOptions>,
+    options: InjectOptions,
     ready: AtomicBool,
     reading: tokio::sync::Semaphore,
     reviews: tokio::sync::Semaphore,
@@ -129,7 +129,7 @@ impl Webhook {
             duration.clone(),
         );
         Ok(Self {
-            options: Arc::new(options),
+            options,
             ready: AtomicBool::new(true),
             reading: tokio::sync::Semaphore::new(MAX_READING),
             reviews: tokio::sync::Semaphore::new(MAX_REVIEWS),

@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{containers, corefile_of, duration, finding, grace_period, seconds};
+use super::{containers, corefile_of, duration, finding, grace_period};
 use crate::doctor::corefile::Corefile;
 use crate::doctor::objects::{Object, Objects, at, selects};
 use crate::doctor::{Finding, Severity};
+use dnscore::settings::format_duration;
 
 /// Replicas below which one eviction or rollout halves (or ends) cluster DNS.
 const MIN_REPLICAS: u64 = 3;
@@ -420,8 +421,8 @@ fn corefile_checks(
             (None, Some(_)) => "the health plugin has no lameduck".to_owned(),
             (Some(l), _) => format!(
                 "health {{ lameduck {} }} is under {}",
-                seconds(l),
-                seconds(MIN_LAMEDUCK)
+                format_duration(l),
+                format_duration(MIN_LAMEDUCK)
             ),
         };
         findings.push(finding(

@@ -167,10 +167,6 @@ fn go_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(total).ok()
 }
 
-fn seconds(d: Duration) -> String {
-    dnscore::settings::format_duration(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

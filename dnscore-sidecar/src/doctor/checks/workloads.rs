@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{duration, finding, grace_period, seconds};
+use super::{duration, finding, grace_period};
 use crate::doctor::objects::{Object, Objects};
 use crate::doctor::{Finding, Severity};
 use crate::inject::{CONTAINER_NAME, INJECT_ANNOTATION, INJECTED_ANNOTATION};
+use dnscore::settings::format_duration;
 
 /// The workload kinds checked (bare pods only when no controller owns them).
 const WORKLOADS: [&str; 6] = [
@@ -138,7 +139,7 @@ fn grace(object: &Object, template: &Value, sidecar: Option<&Value>, findings: &
         format!(
             "terminationGracePeriodSeconds ({grace}) is not longer than the dnscore sidecar's \
              lameduck ({})",
-            seconds(lameduck)
+            format_duration(lameduck)
         ),
         "the kubelet kills the pod before the sidecar's lameduck ends, so the app's last \
          lookups while it drains may find no DNS",
