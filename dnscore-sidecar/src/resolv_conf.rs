@@ -1,20 +1,18 @@
-//! Upstreams from `/etc/resolv.conf`, used when no `--upstream` is given, and the check that
-//! they would not send queries back to ourselves.
+//! Upstreams from `/etc/resolv.conf` (read by the core's parser,
+//! [`dnscore::resolv_conf`]), used when no `--upstream` is given, and the check that they
+//! would not send queries back to ourselves.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+
+use dnscore::resolv_conf::ResolvConf;
 
 /// Why the nameservers of a resolv.conf cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolvConfError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(dnscore::Error),
     /// The file lists no usable `nameserver` line.
     #[error("{0} lists no nameserver; pass --upstream IP:PORT")]
     Empty(PathBuf),
@@ -36,11 +34,11 @@ pub enum ResolvConfError {
 
 /// Reads the `nameserver` lines of `path` (port 53) and refuses any that is `listen` itself.
 pub fn upstreams(path: &Path, listen: SocketAddr) -> Result<Vec<SocketAddr>, ResolvConfError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ResolvConfError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let servers = parse(&text);
+    // Unlike glibc (and the library's builder), no nameserver is an error: 127.0.0.1:53 is
+    // most likely this sidecar itself.
+    let servers = ResolvConf::read(path)
+        .map_err(ResolvConfError::Read)?
+        .nameservers;
     if servers.is_empty() {
         return Err(ResolvConfError::Empty(path.to_owned()));
     }
@@ -54,21 +52,6 @@ pub fn upstreams(path: &Path, listen: SocketAddr) -> Result<Vec<SocketAddr>, Res
     Ok(servers)
 }
 
-/// The nameservers of a resolv.conf text, as addresses on port 53.
-pub fn parse(text: &str) -> Vec<SocketAddr> {
-    text.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            if words.next()? != "nameserver" {
-                return None;
-            }
-            // An IPv6 address may carry a zone (`fe80::1%eth0`); we do not use link-local.
-            let ip: IpAddr = words.next()?.parse().ok()?;
-            Some(SocketAddr::new(ip, 53))
-        })
-        .collect()
-}
-
 /// Whether `server` is `listen`: the same address, or any local address when we listen on
 /// all of them.
 fn is_self(server: SocketAddr, listen: SocketAddr) -> bool {
@@ -80,20 +63,6 @@ fn is_self(server: SocketAddr, listen: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_nameservers_and_skips_the_rest() {
-        let text = "# comment\nsearch default.svc.cluster.local svc.cluster.local\n\
-                    nameserver 10.100.0.10\nnameserver fd00::a\noptions ndots:5\nnameserver bogus\n";
-        let got = parse(text);
-        assert_eq!(
-            got,
-            vec![
-                "10.100.0.10:53".parse().unwrap(),
-                "[fd00::a]:53".parse().unwrap()
-            ]
-        );
-    }
 
     #[test]
     fn refuses_to_forward_to_itself() {
@@ -114,6 +83,9 @@ mod tests {
             upstreams(&path, "127.0.0.1:53".parse().unwrap()),
             Err(ResolvConfError::Empty(_))
         ));
+        let err = upstreams(&dir.join("missing"), "127.0.0.1:53".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, ResolvConfError::Read(_)));
+        assert!(err.to_string().contains("cannot read"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,13 +2,19 @@
 //! one place where the parts are wired together.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+use hickory_proto::rr::Name;
 
 use crate::cache::{AnswerCache, TtlPolicy};
 use crate::dedup::Dedup;
 use crate::defaults;
 use crate::error::Error;
+use crate::hosts::Hosts;
+use crate::lookup::Names;
+use crate::resolv_conf::{self, MAX_NDOTS, ResolvConf};
 use crate::resolver::{Inner, Resolver, Serving};
 use crate::stats::Counters;
 use crate::upstream::{Pool, PoolConfig, Selection};
@@ -51,6 +57,9 @@ pub struct ResolverBuilder {
     pub(crate) max_waiters: usize,
     pub(crate) tcp_connections: usize,
     pub(crate) tcp_idle_timeout: Duration,
+    pub(crate) search: Vec<String>,
+    pub(crate) ndots: u8,
+    pub(crate) hosts_file: Option<PathBuf>,
 }
 
 impl Default for ResolverBuilder {
@@ -84,11 +93,112 @@ impl Default for ResolverBuilder {
             max_waiters: defaults::MAX_WAITERS,
             tcp_connections: defaults::TCP_CONNECTIONS,
             tcp_idle_timeout: defaults::TCP_IDLE_TIMEOUT,
+            search: Vec::new(),
+            ndots: 1,
+            hosts_file: None,
         }
     }
 }
 
 impl ResolverBuilder {
+    /// A builder set up as the system's own resolver is: [`from_resolv_conf`] of
+    /// `/etc/resolv.conf`, and [`hosts_file`] `/etc/hosts` when that exists (glibc goes on
+    /// without one too).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), dnscore::Error> {
+    /// // In a pod: kube-dns as upstream, the namespace's search list, ndots:5, the hosts file.
+    /// let resolver = dnscore::ResolverBuilder::from_system_conf()?.build()?;
+    /// let addrs = resolver.lookup_ip("redis").await?; // redis.<namespace>.svc.cluster.local
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Errors: [`Error::ReadFile`] when a file exists but cannot be read.
+    ///
+    /// [`from_resolv_conf`]: Self::from_resolv_conf
+    /// [`hosts_file`]: Self::hosts_file
+    pub fn from_system_conf() -> Result<Self, Error> {
+        let builder = Self::from_resolv_conf(Path::new(resolv_conf::SYSTEM_RESOLV_CONF))?;
+        let hosts = Path::new(resolv_conf::SYSTEM_HOSTS);
+        Ok(if hosts.exists() {
+            builder.hosts_file(hosts)
+        } else {
+            builder
+        })
+    }
+
+    /// A builder with the settings of the resolv.conf at `path` (see [`ResolvConf`] for
+    /// what is read, and [`resolv_conf`](Self::resolv_conf) for how it maps onto dnscore's
+    /// settings). Errors: [`Error::ReadFile`].
+    pub fn from_resolv_conf(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Ok(Self::default().resolv_conf(&ResolvConf::read(path.as_ref())?))
+    }
+
+    /// Takes the settings of a parsed resolv.conf:
+    /// - the nameservers as upstreams (added to any given already; 127.0.0.1:53 when the
+    ///   file names none, as in glibc), the search list and `ndots` as
+    ///   [`search`](Self::search) and [`ndots`](Self::ndots);
+    /// - `rotate` as [`Selection::RoundRobin`];
+    /// - `timeout:N` as the ceiling of one attempt's timeout, N seconds
+    ///   ([`attempt_timeout`](Self::attempt_timeout); dnscore still adapts it to the
+    ///   upstream's RTT below that), and as the whole query's deadline N × attempts
+    ///   ([`timeout`](Self::timeout); attempts 2 when not given, as in glibc), the longest a
+    ///   glibc client would wait for one nameserver; without `timeout:` dnscore's own
+    ///   deadline (2 s) stays, since glibc's default (5 s a try) is what dnscore is there to
+    ///   avoid;
+    /// - `attempts:N` as [`max_attempts`](Self::max_attempts) N × nameservers (glibc's
+    ///   number of sends).
+    pub fn resolv_conf(mut self, conf: &ResolvConf) -> Self {
+        let servers = conf.nameservers_or_local();
+        if let Some(attempts) = conf.attempts {
+            self.max_attempts = Some(attempts as usize * servers.len());
+        }
+        if let Some(timeout) = conf.timeout {
+            self.attempt_timeout = timeout;
+            self.min_attempt_timeout = self.min_attempt_timeout.min(timeout);
+            self.timeout = timeout * conf.attempts.unwrap_or(2);
+        }
+        if conf.rotate {
+            self.selection = Selection::RoundRobin;
+        }
+        self.upstreams.extend(servers);
+        self.search.clone_from(&conf.search);
+        self.ndots = conf.ndots;
+        self
+    }
+
+    /// The search list for [`Resolver::lookup`] and [`Resolver::lookup_ip`] (default
+    /// empty; replaces any given before): a name with fewer than [`ndots`](Self::ndots)
+    /// dots is tried with each domain appended, in order, before it is tried as it is; one
+    /// with more is tried as it is first, then with the domains; a name with a trailing dot
+    /// only as it is. Wire queries ([`Resolver::resolve`]) are never changed.
+    ///
+    /// [`Resolver::lookup`]: crate::Resolver::lookup
+    /// [`Resolver::lookup_ip`]: crate::Resolver::lookup_ip
+    /// [`Resolver::resolve`]: crate::Resolver::resolve
+    pub fn search<S: Into<String>>(mut self, domains: impl IntoIterator<Item = S>) -> Self {
+        self.search = domains.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// How many dots make a name be tried as it is before the search list (default 1, as
+    /// in glibc; Kubernetes pods use 5; at most 15).
+    pub fn ndots(mut self, ndots: u8) -> Self {
+        self.ndots = ndots;
+        self
+    }
+
+    /// A hosts file that [`Resolver::lookup_ip`] (and [`Resolver::lookup`] for A and AAAA)
+    /// reads before DNS (default none). It is read when the resolver is built (an error
+    /// then if it cannot be) and re-read when it changes, checked at most once a second.
+    ///
+    /// [`Resolver::lookup`]: crate::Resolver::lookup
+    /// [`Resolver::lookup_ip`]: crate::Resolver::lookup_ip
+    pub fn hosts_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.hosts_file = Some(path.into());
+        self
+    }
+
     /// Adds an upstream server (repeatable). At least one is required.
     pub fn upstream(mut self, addr: SocketAddr) -> Self {
         self.upstreams.push(addr);
@@ -354,7 +464,24 @@ impl ResolverBuilder {
         if self.upstream_sockets > MAX_UPSTREAM_SOCKETS {
             return Err(Error::Config("upstream_sockets must be at most 64"));
         }
+        if self.ndots > MAX_NDOTS {
+            return Err(Error::Config("ndots must be at most 15"));
+        }
+        self.search_names()?;
         Ok(())
+    }
+
+    /// The search list as absolute names. Errors: [`Error::InvalidName`].
+    fn search_names(&self) -> Result<Vec<Name>, Error> {
+        self.search
+            .iter()
+            .map(|d| {
+                let mut name = Name::from_utf8(d.trim_end_matches('.'))
+                    .map_err(|_| Error::InvalidName(Arc::from(d.as_str())))?;
+                name.set_fqdn(true);
+                Ok(name)
+            })
+            .collect()
     }
 
     /// Checks the settings and builds the resolver. Queries need a tokio runtime (they
@@ -364,6 +491,11 @@ impl ResolverBuilder {
             return Err(Error::NoUpstreams);
         }
         self.check()?;
+        let names = Names {
+            search: self.search_names()?,
+            ndots: self.ndots,
+            hosts: self.hosts_file.as_deref().map(Hosts::open).transpose()?,
+        };
         let policy = TtlPolicy {
             min_ttl: self.min_ttl,
             max_ttl: self.max_ttl,
@@ -396,6 +528,7 @@ impl ResolverBuilder {
             dedup: Dedup::new(self.max_in_flight, self.max_waiters),
             pool: Pool::new(&self.upstreams, pool),
             counters: Counters::default(),
+            names,
             serving: Serving {
                 stale_answer_timeout: self.stale_answer_timeout,
                 stale_refresh_window: STALE_REFRESH_WINDOW,

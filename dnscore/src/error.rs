@@ -22,6 +22,15 @@ pub enum Error {
     /// than a query). Drop it: replying could start a packet loop.
     #[error("malformed query: not answered")]
     Malformed,
+    /// A configuration file (resolv.conf, hosts) could not be read. Fix the path or the
+    /// file's permissions.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: Arc<std::path::Path>,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
     /// A name given to [`Resolver::lookup`](crate::Resolver::lookup) is not a valid DNS name.
     #[error("invalid name {0:?}")]
     InvalidName(Arc<str>),

@@ -52,8 +52,11 @@
 //!   sockets per upstream, retired on any doubt) and the TCP transport (pooled, pipelined,
 //!   used after TC=1 or forged UDP answers).
 //! - `resolver`, `config`, `lookup`, `service`, `discovery`, `stats`: the public API, the
-//!   builder that wires the parts together, lookups by name, the `tower::Service` impl,
-//!   upstreams followed by name, and the counters.
+//!   builder that wires the parts together, lookups by name (search list, `ndots`, hosts
+//!   file first, as glibc), the `tower::Service` impl, upstreams followed by name, and the
+//!   counters.
+//! - [`resolv_conf`] and `hosts`: the system's configuration files, read as glibc reads
+//!   them ([`ResolverBuilder::from_system_conf`]); the hosts file re-read when it changes.
 //!
 //! # Behaviour worth knowing
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
@@ -134,7 +137,9 @@
 //!   leading to the dead endpoint *and* the new port that the retry then opens.
 //! - An answer larger than 4 KiB over UDP (an upstream ignoring our 1232-byte EDNS size) is
 //!   asked again over TCP rather than read.
-//! - Names in [`Resolver::lookup`] are fully qualified; no search list is applied.
+//! - [`Resolver::lookup`] and [`Resolver::lookup_ip`] apply the search list as glibc does,
+//!   with the differences listed at [`Resolver::lookup`] (a failing candidate ends the search, as in musl;
+//!   `nsswitch.conf` is not read); wire queries are never rewritten.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -150,9 +155,11 @@ mod fixtures;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+mod hosts;
 mod lookup;
 pub mod message;
 mod query;
+pub mod resolv_conf;
 mod resolver;
 mod scrub;
 mod service;

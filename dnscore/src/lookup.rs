@@ -1,13 +1,20 @@
 //! Lookups for Rust callers: a name and a record type in, parsed records out. They take the
 //! same path as wire queries (cache, dedup, pool), and parse the answer with hickory-proto.
+//! Names are looked up as glibc looks them up: the hosts file first, then the candidates
+//! the search list and `ndots` make, each an ordinary cached query (so a short name's
+//! negative answers are cached too, and its tenth lookup sends nothing upstream).
+//!
 
 use std::net::IpAddr;
 use std::sync::Arc;
+
+use hickory_proto::rr::rdata::{A, AAAA};
 
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 use crate::error::Error;
+use crate::hosts::Hosts;
 use crate::query;
 use crate::resolver::Resolver;
 use crate::wire::{self, MAX_MESSAGE_LEN, rcode};
@@ -35,18 +42,118 @@ impl Lookup {
     }
 }
 
+/// How names become the names asked: the builder's search list, `ndots` and hosts file.
+#[derive(Debug, Default)]
+pub(crate) struct Names {
+    /// Absolute names.
+    pub(crate) search: Vec<Name>,
+    pub(crate) ndots: u8,
+    pub(crate) hosts: Option<Hosts>,
+}
+
+impl Names {
+    /// The names to ask for `name`, in order (glibc's `res_search`): a name with a trailing
+    /// dot as it is; one with at least `ndots` dots as it is, then with each search domain;
+    /// others with each search domain, then as they are. Candidates too long are skipped.
+    fn candidates(&self, name: &Name) -> Vec<Name> {
+        let mut absolute = name.clone();
+        absolute.set_fqdn(true);
+        if name.is_fqdn() {
+            return vec![absolute];
+        }
+        let dots = name.num_labels().saturating_sub(1);
+        let searched = self
+            .search
+            .iter()
+            .filter_map(|domain| name.clone().append_domain(domain).ok());
+        if dots >= self.ndots {
+            std::iter::once(absolute).chain(searched).collect()
+        } else {
+            searched.chain(std::iter::once(absolute)).collect()
+        }
+    }
+}
+
 impl Resolver {
-    /// Looks up records of type `rtype` for `name`. The name is taken as fully qualified
-    /// (no search list is applied); non-ASCII names are converted to punycode.
+    /// Looks up records of type `rtype` for `name`, as glibc looks names up: for A and
+    /// AAAA the hosts file first (if [`hosts_file`](crate::ResolverBuilder::hosts_file)
+    /// was given; records from it have TTL 0), then the candidates of the
+    /// [`search`](crate::ResolverBuilder::search) list and `ndots` (by default no search
+    /// list, so a name is asked as it is), up to the first with records of `rtype` (or, for
+    /// CNAME and ANY, any record). Non-ASCII names are converted to punycode.
     ///
-    /// Errors: [`Error::InvalidName`], [`Error::NxDomain`], [`Error::NoAnswer`] when no
-    /// upstream answered, [`Error::BadAnswer`] when the answer cannot be parsed.
+    /// Errors: [`Error::InvalidName`], [`Error::NxDomain`] (for every candidate),
+    /// [`Error::NoAnswer`] when no upstream answered, [`Error::BadAnswer`] when the answer
+    /// cannot be parsed. When a candidate exists but has no such record (NODATA), and no
+    /// later one has it, that candidate's empty `Lookup` is returned (also when a later
+    /// candidate fails: the name exists, as glibc reports).
+    ///
+    /// # Where this differs from glibc and musl
+    /// - A candidate that fails (no upstream answered, SERVFAIL) ends the lookup with that
+    ///   error, as musl does; glibc goes on to the next candidate after a SERVFAIL, which
+    ///   can return the address of a name further down the search list while the right one
+    ///   is failing.
+    /// - In [`lookup_ip`](Self::lookup_ip), A and AAAA are asked concurrently and together
+    ///   decide a candidate, as glibc's getaddrinfo does: the first candidate with an
+    ///   address of either family wins.
+    /// - The hosts file is asked for the name as given (any trailing dot ignored), never
+    ///   for search-list candidates, as glibc's `files` service; `nsswitch.conf` is not read
+    ///   (its order is taken to be `files dns`), and `lookup` asks it only for A and AAAA.
+    /// - Each candidate's answer, negative ones included, is cached like any answer, so a
+    ///   repeated lookup of a short name costs cache hits only.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, Error> {
-        let invalid = || Error::InvalidName(Arc::from(name));
-        let fqdn = Name::from_utf8(name).map_err(|_| invalid())?;
-        let wire = query_for(&fqdn, rtype);
+        let parsed = parse_name(name)?;
+        if let Some(found) = self.hosts_records(name, &parsed, rtype) {
+            return Ok(found);
+        }
+        let wanted = |l: &Lookup| match rtype {
+            RecordType::CNAME | RecordType::ANY => !l.records.is_empty(),
+            _ => l.records.iter().any(|r| r.record_type() == rtype),
+        };
+        // The first candidate that exists without such records (NODATA), if no later one
+        // has them.
+        let mut nodata = None;
+        for candidate in self.inner.names.candidates(&parsed) {
+            match self.lookup_name(&candidate, rtype).await {
+                Ok(l) if wanted(&l) => return Ok(l),
+                Ok(l) => _ = nodata.get_or_insert(l),
+                Err(Error::NxDomain) => {}
+                // The name exists (as glibc, a failure after a NODATA reports the NODATA).
+                Err(e) => return nodata.ok_or(e),
+            }
+        }
+        nodata.ok_or(Error::NxDomain)
+    }
+
+    /// The records the hosts file gives `name`, for A and AAAA.
+    fn hosts_records(&self, name: &str, parsed: &Name, rtype: RecordType) -> Option<Lookup> {
+        if !matches!(rtype, RecordType::A | RecordType::AAAA) {
+            return None;
+        }
+        let mut owner = parsed.clone();
+        owner.set_fqdn(true);
+        let records: Vec<Record> = self
+            .inner
+            .names
+            .hosts
+            .as_ref()?
+            .lookup(name)?
+            .into_iter()
+            .filter_map(|ip| match (ip, rtype) {
+                (IpAddr::V4(v4), RecordType::A) => Some(RData::A(A(v4))),
+                (IpAddr::V6(v6), RecordType::AAAA) => Some(RData::AAAA(AAAA(v6))),
+                _ => None,
+            })
+            .map(|data| Record::from_rdata(owner.clone(), 0, data))
+            .collect();
+        (!records.is_empty()).then_some(Lookup { records })
+    }
+
+    /// One name, asked as it is.
+    async fn lookup_name(&self, fqdn: &Name, rtype: RecordType) -> Result<Lookup, Error> {
+        let wire = query_for(fqdn, rtype);
         let Ok(q) = query::parse(&wire) else {
-            return Err(invalid());
+            return Err(Error::InvalidName(Arc::from(fqdn.to_string())));
         };
         let (answer, freshness, _) = self.answer(&q).await?;
         let stale = freshness == crate::cache::Freshness::Stale;
@@ -67,17 +174,25 @@ impl Resolver {
         }
     }
 
-    /// The IPv4 and IPv6 addresses of `host`, asked for concurrently (A and AAAA). An IP
-    /// literal is returned as it is. One family failing is not an error while the other
-    /// answers; NXDOMAIN for both is [`Error::NxDomain`].
+    /// The IPv4 and IPv6 addresses of `host`, IPv4 first. An IP literal is returned as it
+    /// is; then the hosts file is asked (if one was given), then each candidate name of the
+    /// search list (see [`lookup`](Self::lookup)), A and AAAA concurrently, up to the first
+    /// with an address of either family. One family failing is not an error while the
+    /// other answers.
+    ///
+    /// Errors: [`Error::InvalidName`]; [`Error::NxDomain`] when every candidate is
+    /// NXDOMAIN (an empty list when one exists without addresses); else the failure that
+    /// ended the search ([`Error::NoAnswer`], ...).
     pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, Error> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let (v4, v6) = tokio::join!(
-            self.lookup(host, RecordType::A),
-            self.lookup(host, RecordType::AAAA)
-        );
+        let parsed = parse_name(host)?;
+        if let Some(hosts) = &self.inner.names.hosts
+            && let Some(ips) = hosts.lookup(host)
+        {
+            return Ok(ips);
+        }
         let addrs = |l: &Lookup| -> Vec<IpAddr> {
             l.records
                 .iter()
@@ -85,12 +200,39 @@ impl Resolver {
                 .filter_map(|r| r.data.ip_addr())
                 .collect()
         };
-        match (v4, v6) {
-            (Ok(a), Ok(b)) => Ok(addrs(&a).into_iter().chain(addrs(&b)).collect()),
-            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Ok(addrs(&one)),
-            (Err(e), Err(_)) => Err(e),
+        // Whether a candidate exists without addresses (NODATA for both families).
+        let mut nodata = false;
+        for candidate in self.inner.names.candidates(&parsed) {
+            let (v4, v6) = tokio::join!(
+                self.lookup_name(&candidate, RecordType::A),
+                self.lookup_name(&candidate, RecordType::AAAA)
+            );
+            let found: Vec<IpAddr> = [&v4, &v6]
+                .into_iter()
+                .filter_map(|r| r.as_ref().ok())
+                .flat_map(addrs)
+                .collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            match (v4, v6) {
+                (Err(Error::NxDomain), _) | (_, Err(Error::NxDomain)) => {}
+                (Ok(_), Ok(_)) => nodata = true,
+                (Err(_), _) | (_, Err(_)) if nodata => return Ok(Vec::new()),
+                (Err(e), _) | (_, Err(e)) => return Err(e),
+            }
+        }
+        if nodata {
+            Ok(Vec::new())
+        } else {
+            Err(Error::NxDomain)
         }
     }
+}
+
+/// `name` as a DNS name (punycode for non-ASCII). Errors: [`Error::InvalidName`].
+fn parse_name(name: &str) -> Result<Name, Error> {
+    Name::from_utf8(name).map_err(|_| Error::InvalidName(Arc::from(name)))
 }
 
 /// A recursive query (ID 0) for `name` and `rtype`, with an OPT record (payload 1232, no

@@ -132,7 +132,7 @@ pub enum Served {
 /// with a runtime that ended is started again by the next query.
 #[derive(Clone)]
 pub struct Resolver {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 /// The parts, wired together by [`ResolverBuilder::build`].
@@ -142,6 +142,7 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     pub(crate) counters: Counters,
     pub(crate) serving: Serving,
+    pub(crate) names: crate::lookup::Names,
 }
 
 /// How answers are served around the cache (RFC 8767 serve-stale, prefetch).

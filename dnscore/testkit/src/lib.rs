@@ -352,6 +352,25 @@ impl TestUpstream {
         }
     }
 
+    /// Makes the server authoritative for another zone, `apex` (e.g.
+    /// `"cluster.local."`, or `"."` for every name): an SOA like `test.`'s (negative TTL 60 s) is added at the apex,
+    /// and missing names under it get NXDOMAIN with that SOA instead of REFUSED.
+    ///
+    /// # Panics
+    ///
+    /// If `apex` is not a valid domain name (a bug in the calling test).
+    pub fn add_zone(&self, apex: &str) {
+        let apex_name = parse_name_or_panic(apex);
+        let name = |label: &str| {
+            let label = Name::from_ascii(label).expect("a valid label");
+            label
+                .append_domain(&apex_name)
+                .expect("a name short enough")
+        };
+        let soa = SOA::new(name("ns"), name("hostmaster"), 1, 3600, 600, 86_400, 60);
+        self.add_record(apex, RData::SOA(soa), 300);
+    }
+
     /// Removes every record of `name` (case-insensitive) from the zone; the
     /// name then gets NXDOMAIN (or REFUSED outside `test.`). Removing the apex
     /// `test.` removes the SOA from negative answers.
@@ -707,7 +726,9 @@ impl Inner {
         }
         let qtype = question.query_type();
         let zone = lock(&self.zone);
-        let serves = |name: &Name| self.apex.zone_of(name) || zone.contains_key(name);
+        let serves = |name: &Name| {
+            self.apex.zone_of(name) || zone.contains_key(name) || soa_owner(&zone, name).is_some()
+        };
         if !serves(question.name()) {
             resp.metadata.response_code = ResponseCode::Refused;
             return resp;
@@ -753,8 +774,14 @@ impl Inner {
         resp
     }
 
+    /// The SOA of the zone the question is in: the closest one above it, else `test.`'s.
     fn add_soa(&self, zone: &HashMap<Name, Vec<Record>>, resp: &mut Message) {
-        if let Some(records) = zone.get(&self.apex) {
+        let owner = resp
+            .queries
+            .first()
+            .and_then(|q| soa_owner(zone, q.name()))
+            .unwrap_or_else(|| self.apex.clone());
+        if let Some(records) = zone.get(&owner) {
             resp.authorities.extend(
                 records
                     .iter()
@@ -762,6 +789,23 @@ impl Inner {
                     .cloned(),
             );
         }
+    }
+}
+
+/// The closest name at or above `name` that has an SOA record in `zone`.
+fn soa_owner(zone: &HashMap<Name, Vec<Record>>, name: &Name) -> Option<Name> {
+    let mut current = name.clone();
+    loop {
+        let has_soa = zone
+            .get(&current)
+            .is_some_and(|rs| rs.iter().any(|r| r.record_type() == RecordType::SOA));
+        if has_soa {
+            return Some(current);
+        }
+        if current.is_root() {
+            return None;
+        }
+        current = current.base_name();
     }
 }
 
