@@ -84,8 +84,10 @@ typedef uint32_t dnscore_code;
 // `dnscore_resolver_free` once no thread uses it any more.
 typedef struct dnscore_resolver dnscore_resolver;
 
-// How to build a resolver. Start from [`dnscore_config_default`], then set `upstreams`.
-// A zero in a numeric field means "the default" named on the field.
+// How to build a resolver. Start from [`dnscore_config_default`], then set `upstreams`;
+// or from [`dnscore_config_system`], which reads the system's resolv.conf and hosts file
+// (its nameservers are the upstreams unless `upstreams` is set too). A zero in a numeric
+// field means "the default" named on the field.
 typedef struct dnscore_config {
   // Upstream servers, each an "IP:PORT" string (`"10.100.0.10:53"`, `"[fd00::a]:53"`).
   // At least one is required. Read during `dnscore_resolver_new` only.
@@ -110,6 +112,16 @@ typedef struct dnscore_config {
   const char *const *settings;
   // Number of strings in `settings`.
   size_t settings_len;
+  // A resolv.conf to read (`"/etc/resolv.conf"`), or NULL (the default) for none. Its
+  // `search` list and `ndots` apply to `dnscore_lookup_ip` as in glibc (`"redis"` is
+  // asked as `redis.<namespace>.svc.cluster.local` first in a pod); its `options
+  // timeout: attempts: rotate` become settings (the fields above and `settings` win);
+  // its nameservers are the upstreams when `upstreams_len` is 0. Read during
+  // `dnscore_resolver_new` only.
+  const char *resolv_conf;
+  // A hosts file that `dnscore_lookup_ip` asks before DNS (`"/etc/hosts"`), re-read
+  // when it changes; NULL (the default) for none.
+  const char *hosts_file;
 } dnscore_config;
 
 // One IP address.
@@ -158,9 +170,16 @@ const char *dnscore_strerror(int code);
 // (written out, not zero, so a caller can read them).
 struct dnscore_config dnscore_config_default(void);
 
+// The default configuration with the system's files: `resolv_conf` `"/etc/resolv.conf"`
+// and `hosts_file` `"/etc/hosts"` (static strings), so that `dnscore_lookup_ip` resolves
+// short names as `getaddrinfo` does. Nothing is read until `dnscore_resolver_new`.
+struct dnscore_config dnscore_config_system(void);
+
 // Looks up the addresses of `host`, blocking the calling thread until they are known.
 //
-// `host` is taken as fully qualified (no search list); an IP literal is returned as is.
+// An IP literal is returned as is. With the configuration's `hosts_file`, that file is
+// asked first; with its `resolv_conf` (see `dnscore_config_system`), `host` goes through
+// the search list and `ndots` as in glibc; without them, `host` is asked as it is.
 // `family` is `DNSCORE_AF_UNSPEC` (IPv4 then IPv6), `DNSCORE_AF_INET` or
 // `DNSCORE_AF_INET6`. `timeout_ms` bounds this call (0: only the resolver's timeout).
 //

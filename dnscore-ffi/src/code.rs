@@ -113,7 +113,7 @@ impl From<dnscore::Error> for dnscore_code {
     fn from(err: dnscore::Error) -> Self {
         use dnscore::Error;
         match err {
-            Error::NoUpstreams | Error::Config(_) => Self::DNSCORE_ECONFIG,
+            Error::NoUpstreams | Error::Config(_) | Error::ReadFile { .. } => Self::DNSCORE_ECONFIG,
             Error::Malformed => Self::DNSCORE_EMALFORMED,
             Error::InvalidName(_) => Self::DNSCORE_EBADNAME,
             Error::NxDomain => Self::DNSCORE_ENXDOMAIN,

@@ -2,6 +2,7 @@
 
 use std::ffi::c_char;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::boundary::try_str;
@@ -11,8 +12,10 @@ use crate::code::{NewError, dnscore_code};
 /// the async API does not hold up every other query.
 pub(crate) const DEFAULT_WORKER_THREADS: u32 = 2;
 
-/// How to build a resolver. Start from [`dnscore_config_default`], then set `upstreams`.
-/// A zero in a numeric field means "the default" named on the field.
+/// How to build a resolver. Start from [`dnscore_config_default`], then set `upstreams`;
+/// or from [`dnscore_config_system`], which reads the system's resolv.conf and hosts file
+/// (its nameservers are the upstreams unless `upstreams` is set too). A zero in a numeric
+/// field means "the default" named on the field.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct dnscore_config {
@@ -39,6 +42,16 @@ pub struct dnscore_config {
     pub settings: *const *const c_char,
     /// Number of strings in `settings`.
     pub settings_len: usize,
+    /// A resolv.conf to read (`"/etc/resolv.conf"`), or NULL (the default) for none. Its
+    /// `search` list and `ndots` apply to `dnscore_lookup_ip` as in glibc (`"redis"` is
+    /// asked as `redis.<namespace>.svc.cluster.local` first in a pod); its `options
+    /// timeout: attempts: rotate` become settings (the fields above and `settings` win);
+    /// its nameservers are the upstreams when `upstreams_len` is 0. Read during
+    /// `dnscore_resolver_new` only.
+    pub resolv_conf: *const c_char,
+    /// A hosts file that `dnscore_lookup_ip` asks before DNS (`"/etc/hosts"`), re-read
+    /// when it changes; NULL (the default) for none.
+    pub hosts_file: *const c_char,
 }
 
 /// The default configuration: no upstream, and every numeric field at its default
@@ -54,7 +67,35 @@ pub extern "C" fn dnscore_config_default() -> dnscore_config {
         worker_threads: DEFAULT_WORKER_THREADS,
         settings: std::ptr::null(),
         settings_len: 0,
+        resolv_conf: std::ptr::null(),
+        hosts_file: std::ptr::null(),
     }
+}
+
+/// The default configuration with the system's files: `resolv_conf` `"/etc/resolv.conf"`
+/// and `hosts_file` `"/etc/hosts"` (static strings), so that `dnscore_lookup_ip` resolves
+/// short names as `getaddrinfo` does. Nothing is read until `dnscore_resolver_new`.
+#[unsafe(no_mangle)]
+pub extern "C" fn dnscore_config_system() -> dnscore_config {
+    dnscore_config {
+        resolv_conf: c"/etc/resolv.conf".as_ptr(),
+        hosts_file: c"/etc/hosts".as_ptr(),
+        ..dnscore_config_default()
+    }
+}
+
+/// A path field: `None` when NULL. Errors: `DNSCORE_EUTF8`.
+///
+/// # Safety
+/// `ptr` is NULL or a NUL-terminated string that outlives the call.
+unsafe fn optional_path<'a>(ptr: *const c_char, field: &str) -> Result<Option<&'a str>, NewError> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL, and the caller guarantees a NUL-terminated string.
+    unsafe { try_str(ptr) }
+        .map(Some)
+        .map_err(|code| NewError::new(code, format!("{field} is not UTF-8")))
 }
 
 fn millis(d: Duration) -> u32 {
@@ -72,21 +113,37 @@ impl Config {
     ///
     /// # Safety
     /// `cfg.upstreams` is NULL or points to `cfg.upstreams_len` pointers, each NULL or a
-    /// NUL-terminated string; so is `cfg.settings` with `cfg.settings_len`.
+    /// NUL-terminated string; so is `cfg.settings` with `cfg.settings_len`;
+    /// `cfg.resolv_conf` and `cfg.hosts_file` are NULL or NUL-terminated strings.
     pub(crate) unsafe fn from_c(cfg: &dnscore_config) -> Result<Self, NewError> {
         let bad = |msg: String| NewError::new(dnscore_code::DNSCORE_ECONFIG, msg);
-        if cfg.upstreams_len == 0 {
+        // SAFETY: the caller guarantees `resolv_conf` is NULL or NUL-terminated.
+        let resolv_conf = unsafe { optional_path(cfg.resolv_conf, "resolv_conf") }?;
+        // SAFETY: the caller guarantees `hosts_file` is NULL or NUL-terminated.
+        let hosts_file = unsafe { optional_path(cfg.hosts_file, "hosts_file") }?;
+        let mut system = match resolv_conf {
+            Some(path) => Some(
+                dnscore::resolv_conf::ResolvConf::read(Path::new(path))
+                    .map_err(|e| bad(e.to_string()))?,
+            ),
+            None => None,
+        };
+        if cfg.upstreams_len == 0 && system.is_none() {
             return Err(bad("no upstream server configured".into()));
         }
-        if cfg.upstreams.is_null() {
+        if cfg.upstreams_len != 0 && cfg.upstreams.is_null() {
             return Err(NewError::new(
                 dnscore_code::DNSCORE_ENULL,
                 "upstreams is NULL but upstreams_len is not 0",
             ));
         }
-        // SAFETY: non-NULL, and the caller guarantees `upstreams_len` readable pointers.
-        let strings = unsafe { std::slice::from_raw_parts(cfg.upstreams, cfg.upstreams_len) };
-        let mut builder = dnscore::Resolver::builder();
+        let strings = if cfg.upstreams_len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: non-NULL, and the caller guarantees `upstreams_len` readable pointers.
+            unsafe { std::slice::from_raw_parts(cfg.upstreams, cfg.upstreams_len) }
+        };
+        let mut upstreams = Vec::with_capacity(strings.len());
         for (i, &ptr) in strings.iter().enumerate() {
             // SAFETY: the caller guarantees each pointer is NULL or a NUL-terminated string.
             let s = unsafe { try_str(ptr) }.map_err(|code| {
@@ -97,7 +154,20 @@ impl Config {
                     "upstreams[{i}] = {s:?} is not an \"IP:PORT\" address"
                 ))
             })?;
-            builder = builder.upstream(addr);
+            upstreams.push(addr);
+        }
+        let mut builder = dnscore::Resolver::builder();
+        match &mut system {
+            Some(conf) => {
+                if !upstreams.is_empty() {
+                    conf.nameservers = upstreams;
+                }
+                builder = builder.resolv_conf(conf);
+            }
+            None => builder = builder.upstreams(upstreams),
+        }
+        if let Some(path) = hosts_file {
+            builder = builder.hosts_file(path);
         }
         if cfg.cache_capacity != 0 {
             builder = builder.cache_capacity(cfg.cache_capacity);

@@ -18,7 +18,7 @@
 //! # Modules
 //! - `code`: the result codes, [`dnscore_strerror`], the error detail of `_new`.
 //! - `boundary`: the panic boundary and the pointer checks every function goes through.
-//! - `config`: [`dnscore_config`] and [`dnscore_config_default`].
+//! - `config`: [`dnscore_config`], [`dnscore_config_default`] and [`dnscore_config_system`].
 //! - `resolver`: [`dnscore_resolver`]: the `dnscore::Resolver` and the tokio runtime it
 //!   owns, and how a blocking call waits from any thread (also from inside another runtime).
 //! - `lookup`: [`dnscore_lookup_ip`] and [`dnscore_lookup_ip_async`].
@@ -47,7 +47,7 @@ mod resolve;
 mod resolver;
 
 pub use code::{DNSCORE_ERROR_MESSAGE_LEN, dnscore_code, dnscore_error, dnscore_strerror};
-pub use config::{dnscore_config, dnscore_config_default};
+pub use config::{dnscore_config, dnscore_config_default, dnscore_config_system};
 pub use lookup::{
     DNSCORE_AF_INET, DNSCORE_AF_INET6, DNSCORE_AF_UNSPEC, dnscore_addr, dnscore_lookup_cb,
     dnscore_lookup_ip, dnscore_lookup_ip_async,

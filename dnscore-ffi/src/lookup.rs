@@ -98,7 +98,9 @@ async fn lookup(
 
 /// Looks up the addresses of `host`, blocking the calling thread until they are known.
 ///
-/// `host` is taken as fully qualified (no search list); an IP literal is returned as is.
+/// An IP literal is returned as is. With the configuration's `hosts_file`, that file is
+/// asked first; with its `resolv_conf` (see `dnscore_config_system`), `host` goes through
+/// the search list and `ndots` as in glibc; without them, `host` is asked as it is.
 /// `family` is `DNSCORE_AF_UNSPEC` (IPv4 then IPv6), `DNSCORE_AF_INET` or
 /// `DNSCORE_AF_INET6`. `timeout_ms` bounds this call (0: only the resolver's timeout).
 ///

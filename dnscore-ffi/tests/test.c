@@ -97,6 +97,74 @@ static void test_config(const char *upstream) {
   CHECK(strlen(dnscore_version()) > 0);
 }
 
+/* A temporary file holding `text`; its path is written to `path` (at least 64 bytes). */
+static void temp_file(char *path, const char *text) {
+  strcpy(path, "/tmp/dnscore-c-XXXXXX");
+  int fd = mkstemp(path);
+  if (fd < 0) { perror("mkstemp"); exit(2); }
+  size_t len = strlen(text);
+  if (write(fd, text, len) != (ssize_t)len) { perror("write"); exit(2); }
+  close(fd);
+}
+
+/* A resolv.conf and hosts file of the test's own: short names through the search list. */
+static void test_system_conf(const char *upstream) {
+  dnscore_config sys = dnscore_config_system();
+  CHECK(sys.resolv_conf && strcmp(sys.resolv_conf, "/etc/resolv.conf") == 0);
+  CHECK(sys.hosts_file && strcmp(sys.hosts_file, "/etc/hosts") == 0);
+  CHECK(dnscore_config_default().resolv_conf == NULL);
+
+  char conf[64], hosts[64];
+  temp_file(conf, "search sub.test test\nnameserver 10.255.255.1\noptions ndots:2\n");
+  temp_file(hosts, "10.9.9.9 db.internal db\n");
+  const char *ups[] = {upstream};
+  dnscore_config cfg = dnscore_config_default();
+  cfg.upstreams = ups;
+  cfg.upstreams_len = 1;
+  cfg.resolv_conf = conf;
+  cfg.hosts_file = hosts;
+  dnscore_error err = {0};
+  dnscore_resolver *r = dnscore_resolver_new(&cfg, &err);
+  if (!r) fprintf(stderr, "dnscore_resolver_new: %d %s\n", err.code, err.message);
+  CHECK(r != NULL);
+  if (r) {
+    dnscore_addr out[4];
+    size_t n = 0;
+    /* "a": a.sub.test (NXDOMAIN), then a.test. */
+    CHECK_RC(dnscore_lookup_ip(r, "a", DNSCORE_AF_INET, out, 4, &n, 0), DNSCORE_OK);
+    CHECK(n == 1 && out[0].family == DNSCORE_AF_INET && memcmp(out[0].addr, "\xc0\x00\x02\x01", 4) == 0);
+    CHECK_RC(dnscore_lookup_ip(r, "a", DNSCORE_AF_UNSPEC, out, 4, &n, 0), DNSCORE_OK);
+    CHECK(n == 2);
+    /* From the hosts file, which no upstream knows. */
+    CHECK_RC(dnscore_lookup_ip(r, "db.internal", DNSCORE_AF_UNSPEC, out, 4, &n, 0), DNSCORE_OK);
+    CHECK(n == 1 && memcmp(out[0].addr, "\x0a\x09\x09\x09", 4) == 0);
+    CHECK_RC(dnscore_lookup_ip(r, "DB", DNSCORE_AF_INET, out, 4, &n, 0), DNSCORE_OK);
+    /* No candidate exists (as it is first: two dots; the test upstream serves test. only). */
+    CHECK_RC(dnscore_lookup_ip(r, "nope.x.test", DNSCORE_AF_UNSPEC, out, 4, &n, 0), DNSCORE_ENXDOMAIN);
+    dnscore_resolver_free(r);
+  }
+
+  /* The file's nameservers when no upstream is given (built, not asked). */
+  cfg.upstreams = NULL;
+  cfg.upstreams_len = 0;
+  r = dnscore_resolver_new(&cfg, &err);
+  CHECK(r != NULL);
+  dnscore_resolver_free(r);
+
+  /* Files that cannot be read: ECONFIG, naming the file. */
+  unlink(hosts);
+  r = dnscore_resolver_new(&cfg, &err);
+  CHECK(r == NULL);
+  CHECK_RC(err.code, DNSCORE_ECONFIG);
+  CHECK(strstr(err.message, hosts) != NULL);
+  unlink(conf);
+  cfg.hosts_file = NULL;
+  r = dnscore_resolver_new(&cfg, &err);
+  CHECK(r == NULL);
+  CHECK_RC(err.code, DNSCORE_ECONFIG);
+  CHECK(strstr(err.message, conf) != NULL);
+}
+
 static void test_lookup(dnscore_resolver *r) {
   dnscore_addr out[8];
   size_t n = 0;
@@ -326,6 +394,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   test_config(upstream);
+  test_system_conf(upstream);
   dnscore_resolver *r = make(upstream, 2000);
   CHECK(r != NULL);
   if (r) {
