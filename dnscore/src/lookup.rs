@@ -55,22 +55,23 @@ impl Names {
     /// The names to ask for `name`, in order (glibc's `res_search`): a name with a trailing
     /// dot as it is; one with at least `ndots` dots as it is, then with each search domain;
     /// others with each search domain, then as they are. Candidates too long are skipped.
-    fn candidates(&self, name: &Name) -> Vec<Name> {
+    /// Nothing is allocated beyond the names themselves (a lookup of a full name is one).
+    fn candidates<'a>(&'a self, name: &'a Name) -> impl Iterator<Item = Name> + Send + 'a {
         let mut absolute = name.clone();
         absolute.set_fqdn(true);
-        if name.is_fqdn() {
-            return vec![absolute];
-        }
-        let dots = name.num_labels().saturating_sub(1);
+        let relative = !name.is_fqdn();
+        let as_is_first = !relative || name.num_labels().saturating_sub(1) >= self.ndots;
+        let (first, last) = if as_is_first {
+            (Some(absolute), None)
+        } else {
+            (None, Some(absolute))
+        };
         let searched = self
             .search
             .iter()
+            .filter(move |_| relative)
             .filter_map(|domain| name.clone().append_domain(domain).ok());
-        if dots >= self.ndots {
-            std::iter::once(absolute).chain(searched).collect()
-        } else {
-            searched.chain(std::iter::once(absolute)).collect()
-        }
+        first.into_iter().chain(searched).chain(last)
     }
 }
 
@@ -278,6 +279,63 @@ mod tests {
     use hickory_proto::rr::rdata::{A, CNAME};
 
     use super::*;
+
+    #[test]
+    fn candidates_follow_glibcs_order() {
+        let names = Names {
+            search: ["ns.svc.cluster.local.", "cluster.local."]
+                .iter()
+                .map(|d| Name::from_utf8(d).unwrap())
+                .collect(),
+            ndots: 2,
+            hosts: None,
+        };
+        let of = |name: &str| -> Vec<String> {
+            names
+                .candidates(&Name::from_utf8(name).unwrap())
+                .map(|n| n.to_string())
+                .collect()
+        };
+        assert_eq!(
+            of("redis"),
+            [
+                "redis.ns.svc.cluster.local.",
+                "redis.cluster.local.",
+                "redis."
+            ]
+        );
+        assert_eq!(
+            of("a.b"),
+            ["a.b.ns.svc.cluster.local.", "a.b.cluster.local.", "a.b."]
+        );
+        assert_eq!(
+            of("a.b.c"),
+            [
+                "a.b.c.",
+                "a.b.c.ns.svc.cluster.local.",
+                "a.b.c.cluster.local."
+            ]
+        );
+        assert_eq!(of("a.b."), ["a.b."]);
+        // A candidate past 255 bytes is skipped, the others stay.
+        let long = [
+            "x".repeat(63),
+            "y".repeat(63),
+            "z".repeat(63),
+            "w".repeat(42),
+        ]
+        .join(".");
+        let got = of(&long);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got, [format!("{long}."), format!("{long}.cluster.local.")]);
+        let none = Names::default();
+        assert_eq!(
+            none.candidates(&Name::from_utf8("redis").unwrap())
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            ["redis."]
+        );
+    }
 
     #[test]
     fn the_hand_written_query_and_answer_reader_agree_with_hickory() {
