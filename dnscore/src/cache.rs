@@ -129,8 +129,10 @@ impl Entry {
     /// Whether the entry is in the last tenth of its lifetime at `age` and not claimed yet
     /// (a cheap look, before [`claim_prefetch`](Self::claim_prefetch)).
     pub(crate) fn prefetch_due(&self, age: Duration) -> bool {
-        let age = age.as_millis();
-        let lifetime = u128::from(self.lifetime) * 1000;
+        // In u64 (no u128 arithmetic on every hit): a lifetime is at most 2^31 s, an age
+        // that does not fit is past any lifetime.
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX / 10);
+        let lifetime = u64::from(self.lifetime) * 1000;
         age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
     }
 

@@ -187,17 +187,20 @@ impl Header {
 
     /// Appends the header to `out`.
     #[inline]
+    /// Built whole and appended once: one capacity check, not six (a cache hit writes one).
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
-        for v in [
+        let mut bytes = [0u8; HEADER_LEN];
+        for (chunk, v) in bytes.chunks_exact_mut(2).zip([
             self.id,
             self.flags,
             self.qdcount,
             self.ancount,
             self.nscount,
             self.arcount,
-        ] {
-            out.extend_from_slice(&v.to_be_bytes());
+        ]) {
+            chunk.copy_from_slice(&v.to_be_bytes());
         }
+        out.extend_from_slice(&bytes);
     }
 }
 
@@ -517,11 +520,13 @@ pub(crate) struct Edns {
 pub(crate) fn write_opt(out: &mut Vec<u8>, rcode: u16, dnssec_ok: bool) {
     let ext = (rcode >> 4) as u8;
     let do_byte = if dnssec_ok { 0x80 } else { 0 };
-    out.push(0); // root owner name
-    push_u16(out, rtype::OPT);
-    push_u16(out, EDNS_UDP_SIZE);
-    out.extend_from_slice(&[ext, 0, do_byte, 0]);
-    push_u16(out, 0);
+    let [opt_hi, opt_lo] = rtype::OPT.to_be_bytes();
+    let [size_hi, size_lo] = EDNS_UDP_SIZE.to_be_bytes();
+    // Root owner name, type, class (our buffer), TTL (extended rcode, version 0, DO), no
+    // options: appended once.
+    out.extend_from_slice(&[
+        0, opt_hi, opt_lo, size_hi, size_lo, ext, 0, do_byte, 0, 0, 0,
+    ]);
 }
 
 /// Extended DNS Error option (RFC 8914): code 15, INFO-CODE 3 "Stale Answer".
