@@ -243,6 +243,45 @@ impl Answer {
         matches!(self.rcode, rcode::NOERROR | rcode::NXDOMAIN)
     }
 
+    /// The records of the answer section as `(ttl, address)`, when the section is in the
+    /// common shape: every record an A or AAAA owned by the question's name (a compression
+    /// pointer to it). TTLs as a client `age` after arrival would get them (30 when
+    /// `stale`). `None` for any other shape (a CNAME, another type, an owner written out),
+    /// which [`Resolver::lookup`](crate::Resolver::lookup) then decodes in full.
+    pub(crate) fn simple_addresses(
+        &self,
+        age: Duration,
+        stale: bool,
+    ) -> Option<smallvec::SmallVec<[(u32, std::net::IpAddr); 4]>> {
+        /// A compression pointer to offset 12: the question's name.
+        const QUESTION_POINTER: [u8; 2] = [0xc0, HEADER_LEN as u8];
+        let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
+        let bytes = &self.bytes[..];
+        let mut pos = crate::wire::skip_name(bytes, HEADER_LEN).ok()? + 4;
+        let mut out = smallvec::SmallVec::new();
+        for _ in 0..get_u16(bytes, 6) {
+            let fixed = bytes.get(pos..pos + 12)?;
+            if fixed[..2] != QUESTION_POINTER {
+                return None;
+            }
+            let (rtype, rdlen) = (get_u16(fixed, 2), usize::from(get_u16(fixed, 10)));
+            let ttl = if stale {
+                STALE_TTL
+            } else {
+                get_u32(fixed, 6).saturating_sub(elapsed)
+            };
+            let rdata = bytes.get(pos + 12..pos + 12 + rdlen)?;
+            let ip = match (rtype, rdata.len()) {
+                (rtype::A, 4) => std::net::IpAddr::from(<[u8; 4]>::try_from(rdata).ok()?),
+                (rtype::AAAA, 16) => std::net::IpAddr::from(<[u8; 16]>::try_from(rdata).ok()?),
+                _ => return None,
+            };
+            out.push((ttl, ip));
+            pos += 12 + rdlen;
+        }
+        Some(out)
+    }
+
     /// The stored answer (for the fuzz targets' checks).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn wire(&self) -> &[u8] {
@@ -388,6 +427,65 @@ mod tests {
     use super::*;
     use crate::fixtures::{a, client_query, exchange, response_to, soa};
     use crate::query::{self, Key};
+
+    #[test]
+    fn simple_addresses_are_read_in_place_and_other_shapes_left_alone() {
+        let client = client_query("a.test.", RecordType::A, None);
+        let records = vec![
+            a("a.test.", 60, [192, 0, 2, 1]),
+            a("a.test.", 30, [192, 0, 2, 2]),
+        ];
+        let (_, answer) = exchange(&client, records, ResponseCode::NoError);
+        let got = answer
+            .simple_addresses(Duration::from_secs(10), false)
+            .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            got.as_slice(),
+            [(50, ip("192.0.2.1")), (20, ip("192.0.2.2"))]
+        );
+        let stale = answer
+            .simple_addresses(Duration::from_secs(100), true)
+            .unwrap();
+        assert_eq!(
+            stale.as_slice(),
+            [(30, ip("192.0.2.1")), (30, ip("192.0.2.2"))]
+        );
+        let old = answer
+            .simple_addresses(Duration::from_secs(100), false)
+            .unwrap();
+        assert_eq!(old[0].0, 0, "never below zero");
+
+        // A CNAME chain, or a record of another type: not this path.
+        let alias = client_query("alias.test.", RecordType::A, None);
+        let target = Name::from_str("a.test.").unwrap();
+        let chain = vec![
+            Record::from_rdata(
+                Name::from_str("alias.test.").unwrap(),
+                60,
+                RData::CNAME(hickory_proto::rr::rdata::CNAME(target)),
+            ),
+            a("a.test.", 60, [192, 0, 2, 1]),
+        ];
+        let (_, answer) = exchange(&alias, chain, ResponseCode::NoError);
+        assert!(answer.simple_addresses(Duration::ZERO, false).is_none());
+        let txt = client_query("t.test.", RecordType::TXT, None);
+        let rec = Record::from_rdata(
+            Name::from_str("t.test.").unwrap(),
+            60,
+            RData::TXT(TXT::new(vec!["x".into()])),
+        );
+        let (_, answer) = exchange(&txt, vec![rec], ResponseCode::NoError);
+        assert!(answer.simple_addresses(Duration::ZERO, false).is_none());
+        // NODATA: an empty list.
+        let (_, answer) = exchange(&client, vec![], ResponseCode::NoError);
+        assert!(
+            answer
+                .simple_addresses(Duration::ZERO, false)
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn mismatched_packets_are_not_answers() {

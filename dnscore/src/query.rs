@@ -34,6 +34,32 @@ impl KeyBuf {
         Self(buf)
     }
 
+    /// The key of the query a lookup sends for `labels` (the name's labels, root
+    /// excluded) and `qtype`: class IN, without DO or CD, as [`parse`] keys that query.
+    /// `None` for a name longer than 255 bytes on the wire.
+    pub(crate) fn for_lookup<'a>(
+        labels: impl Iterator<Item = &'a [u8]>,
+        qtype: u16,
+    ) -> Option<Self> {
+        let mut buf = smallvec::SmallVec::<[u8; KEY_INLINE]>::new();
+        for label in labels {
+            let len = u8::try_from(label.len())
+                .ok()
+                .filter(|&l| (1..=63).contains(&l))?;
+            buf.push(len);
+            buf.extend_from_slice(label);
+        }
+        buf.push(0);
+        if buf.len() > MAX_NAME_LEN {
+            return None;
+        }
+        buf.make_ascii_lowercase();
+        buf.extend_from_slice(&qtype.to_be_bytes());
+        buf.extend_from_slice(&1u16.to_be_bytes());
+        buf.push(0);
+        Some(Self(buf))
+    }
+
     /// The key's bytes.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0

@@ -212,7 +212,7 @@ impl Resolver {
             Err(rejection) if rejection.write(query, out) => return Ok(()),
             Err(_) => return Err(Error::Malformed),
         };
-        let result = self.answer(&q).await;
+        let result = self.answer(q.key.as_bytes()).await;
         write_result(&q, transport, result, out);
         Ok(())
     }
@@ -320,8 +320,7 @@ impl Resolver {
     /// The answer for a parsed query: fresh from the cache; else from the one flight for its
     /// key; stale from the cache (RFC 8767) when that flight fails or is slower than the
     /// client response timer.
-    pub(crate) async fn answer(&self, q: &Query<'_>) -> Result<Answered, Error> {
-        let key = q.key.as_bytes();
+    pub(crate) async fn answer(&self, key: &[u8]) -> Result<Answered, Error> {
         let now = Instant::now();
         match self.inner.cache.lookup(key, now) {
             Some((answer, Freshness::Fresh, age)) => {
