@@ -52,11 +52,12 @@ pub(crate) struct Facts {
 /// A validated upstream answer.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    /// Header, question and records, without the upstream's OPT record; the counts in the
-    /// header match.
+    /// Header, question and records, without the upstream's OPT record (the counts in the
+    /// header match), then where each record's TTL field is in them (big-endian u16s): one
+    /// allocation per entry, not two (48 bytes less per cached entry).
     bytes: Box<[u8]>,
-    /// Where each record's TTL field is in `bytes`.
-    ttl_offsets: Box<[u16]>,
+    /// Where the message in `bytes` ends and the TTL offsets begin.
+    message_len: u16,
     /// The minimal response (answer section, and the authority section's records but an
     /// NS set) as a prefix of `bytes`: where it ends, and its authority count; `None` when
     /// it is the whole answer.
@@ -171,8 +172,13 @@ impl Answer {
             }
         }
 
-        let mut bytes: Box<[u8]> = resp[..end].into();
+        let message_len = u16::try_from(end).map_err(|_| ResponseError::Malformed)?;
+        let mut bytes = Vec::with_capacity(end + 2 * ttl_offsets.len());
+        bytes.extend_from_slice(&resp[..end]);
         set_u16(&mut bytes, 10, arcount);
+        for offset in ttl_offsets {
+            bytes.extend_from_slice(&offset.to_be_bytes());
+        }
         let minimal = match (mixed, ns_from, additional_from) {
             (true, _, _) => None,
             (false, Some((at, ns)), _) => Some((at, ns)),
@@ -184,8 +190,8 @@ impl Answer {
             .transpose()
             .map_err(|_| ResponseError::Malformed)?;
         Ok(Self {
-            bytes,
-            ttl_offsets: ttl_offsets.into_boxed_slice(),
+            bytes: bytes.into_boxed_slice(),
+            message_len,
             minimal,
             rcode: ext_rcode | (header.flags & flag::RCODE),
             facts,
@@ -197,7 +203,7 @@ impl Answer {
     /// (see `scrub`), and with `minimal_responses` serves clients that ask with RD the
     /// answer without the authority NS set and glue. Once, before the answer is cached.
     pub(crate) fn scrub(&mut self, max_rrsigs: usize, minimal_responses: bool) {
-        match crate::scrub::scrub(&self.bytes, max_rrsigs) {
+        match crate::scrub::scrub(self.message(), max_rrsigs) {
             Ok(Some(clean)) => {
                 let question_end = crate::wire::skip_name(&clean, HEADER_LEN).map(|e| e + 4);
                 let parsed = question_end
@@ -229,7 +235,7 @@ impl Answer {
 
     /// The upstream's header flags.
     fn flags(&self) -> u16 {
-        get_u16(&self.bytes, 2)
+        get_u16(self.message(), 2)
     }
 
     /// Whether the upstream set TC: the answer is partial.
@@ -256,7 +262,7 @@ impl Answer {
         /// A compression pointer to offset 12: the question's name.
         const QUESTION_POINTER: [u8; 2] = [0xc0, HEADER_LEN as u8];
         let elapsed = u32::try_from(age.as_secs()).unwrap_or(u32::MAX);
-        let bytes = &self.bytes[..];
+        let bytes = self.message();
         let mut pos = crate::wire::skip_name(bytes, HEADER_LEN).ok()? + 4;
         let mut out = smallvec::SmallVec::new();
         for _ in 0..get_u16(bytes, 6) {
@@ -285,10 +291,20 @@ impl Answer {
     /// The stored answer (for the fuzz targets' checks).
     #[cfg(feature = "fuzzing")]
     pub(crate) fn wire(&self) -> &[u8] {
-        &self.bytes
+        self.message()
     }
 
-    /// Size of the stored answer in bytes.
+    /// The stored message: header, question and records.
+    fn message(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.message_len)]
+    }
+
+    /// Where each record's TTL field is in the message.
+    fn ttl_offsets(&self) -> impl Iterator<Item = usize> + '_ {
+        offsets(&self.bytes[usize::from(self.message_len)..])
+    }
+
+    /// Size of the stored answer in bytes (its TTL offsets included).
     pub(crate) fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -296,13 +312,10 @@ impl Answer {
     /// Sets every record's TTL to `min(max(ttl, floor), ceiling)`, with `ttl` first capped
     /// at 2^31-1.
     pub(crate) fn set_ttls(&mut self, floor: u32, ceiling: u32) {
-        for &off in self.ttl_offsets.iter() {
-            let pos = usize::from(off);
-            let ttl = get_u32(&self.bytes, pos)
-                .min(MAX_TTL)
-                .max(floor)
-                .min(ceiling);
-            set_u32(&mut self.bytes, pos, ttl);
+        let (message, offsets_bytes) = self.bytes.split_at_mut(usize::from(self.message_len));
+        for pos in offsets(offsets_bytes) {
+            let ttl = get_u32(message, pos).min(MAX_TTL).max(floor).min(ceiling);
+            set_u32(message, pos, ttl);
         }
     }
 
@@ -352,17 +365,15 @@ impl Answer {
         };
 
         // A client asking with RD gets the minimal response, if shorter.
+        let message = self.message();
         let (body, counts) = match self.minimal.filter(|_| qflags & flag::RD != 0) {
-            Some((end, ns)) => (
-                &self.bytes[..usize::from(end)],
-                [get_u16(&self.bytes, 6), ns, 0],
-            ),
+            Some((end, ns)) => (&message[..usize::from(end)], [get_u16(message, 6), ns, 0]),
             None => (
-                &self.bytes[..],
+                message,
                 [
-                    get_u16(&self.bytes, 6),
-                    get_u16(&self.bytes, 8),
-                    get_u16(&self.bytes, 10),
+                    get_u16(message, 6),
+                    get_u16(message, 8),
+                    get_u16(message, 10),
                 ],
             ),
         };
@@ -378,8 +389,7 @@ impl Answer {
             // The stored question is the same name in another letter case: same length, so
             // every offset into the records (TTLs, compression pointers) still holds.
             out.extend_from_slice(&body[question_end..]);
-            for &off in self.ttl_offsets.iter() {
-                let pos = usize::from(off);
+            for pos in self.ttl_offsets() {
                 if pos >= body.len() {
                     break;
                 }
@@ -401,6 +411,13 @@ impl Answer {
             }
         }
     }
+}
+
+/// The TTL offsets stored after a message, as big-endian u16s.
+fn offsets(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| usize::from(u16::from_be_bytes([pair[0], pair[1]])))
 }
 
 fn write_header(out: &mut Vec<u8>, query: &Query<'_>, flags: u16, counts: [u16; 3]) {
