@@ -3,13 +3,11 @@
 //! Names are looked up as glibc looks them up: the hosts file first, then the candidates
 //! the search list and `ndots` make, each an ordinary cached query (so a short name's
 //! negative answers are cached too, and its tenth lookup sends nothing upstream).
-//!
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::rr::rdata::{A, AAAA};
-
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
