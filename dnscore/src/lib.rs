@@ -54,6 +54,8 @@
 //! - `resolver`, `config`, `lookup`, `service`, `discovery`, `stats`: the public API, the
 //!   builder that wires the parts together, lookups by name, the `tower::Service` impl,
 //!   upstreams followed by name, and the counters.
+//! - `adapters` (features `reqwest`, `hyper-util`, `aws`, none on by default): the resolver
+//!   as the DNS hook of reqwest, hyper-util's `HttpConnector` (tonic) and the AWS SDK.
 //!
 //! # Behaviour worth knowing
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
@@ -138,6 +140,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(any(feature = "reqwest", feature = "hyper-util", feature = "aws"))]
+pub mod adapters;
 mod answer;
 mod cache;
 mod config;
