@@ -57,6 +57,8 @@
 //!   counters.
 //! - [`resolv_conf`] and `hosts`: the system's configuration files, read as glibc reads
 //!   them ([`ResolverBuilder::from_system_conf`]); the hosts file re-read when it changes.
+//! - `adapters` (features `reqwest`, `hyper-util`, `aws`, none on by default): the resolver
+//!   as the DNS hook of reqwest, hyper-util's `HttpConnector` (tonic) and the AWS SDK.
 //!
 //! # Behaviour worth knowing
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
@@ -143,6 +145,8 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(any(feature = "reqwest", feature = "hyper-util", feature = "aws"))]
+pub mod adapters;
 mod answer;
 mod cache;
 mod config;

@@ -9,6 +9,9 @@
 //! connected UDP client gets `ECONNREFUSED` and new TCP connections are
 //! refused, like an evicted pod.
 //!
+//! [`TestHttpServer`] is a plain HTTP/1.1 server on `127.0.0.1`, one request per
+//! connection, for tests and benchmarks of HTTP clients that resolve names through dnscore.
+//!
 //! All traffic stays on `127.0.0.0/8`: the server only binds loopback
 //! addresses and only ever answers the peer that sent a query.
 //!
@@ -31,6 +34,9 @@
 #![forbid(unsafe_code)]
 
 pub use hickory_proto;
+
+mod http;
+pub use http::TestHttpServer;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
