@@ -8,7 +8,10 @@
 //! | `aws` | the AWS SDK's HTTP client (aws-smithy-http-client) | `Builder::build_with_resolver` | `ResolveDns` for [`Resolver`] |
 //!
 //! Each is [`Resolver::lookup_ip`] and nothing more: the name as the client gives it, A and
-//! AAAA asked together, the answer from the cache when there is one. An IP literal comes back
+//! AAAA asked together, the answer from the cache when there is one. A resolver built with
+//! [`ResolverBuilder::from_system_conf`](crate::ResolverBuilder::from_system_conf) asks the
+//! hosts file and applies the pod's search list and `ndots` first, so URLs with short
+//! Kubernetes names (`http://orders/`, `http://orders.shop/`) work as with getaddrinfo. An IP literal comes back
 //! as it is (the clients do not ask for those anyway). The addresses carry port 0, which the
 //! clients replace with the URL's port (or the scheme's).
 //!
