@@ -186,3 +186,26 @@ async fn aws_resolve_dns_gives_the_address_and_errors_for_unknown_names() {
         "{found:?}"
     );
 }
+
+#[tokio::test]
+async fn reqwest_fetches_a_short_name_through_the_search_list() {
+    let (upstream, server, _) = setup().await;
+    upstream.add_record("orders.shop.svc.test.", RData::A(A::new(127, 0, 0, 1)), 60);
+    // As a pod's resolv.conf would have it, with the test upstream as nameserver.
+    let resolver = Resolver::builder()
+        .upstream(upstream.addr())
+        .search(["shop.svc.test", "svc.test", "test"])
+        .ndots(5)
+        .build()
+        .unwrap();
+    let client = reqwest_client(resolver);
+    let response = client.get(url("orders", &server)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), BODY);
+    assert!(upstream.queries("orders.shop.svc.test", Proto::Udp) >= 1);
+    // `web` is found further down the list (web.test), after an NXDOMAIN on the way.
+    let response = client.get(url("web", &server)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(upstream.queries("web.shop.svc.test", Proto::Udp) >= 1);
+    assert!(upstream.queries("web.test", Proto::Udp) >= 1);
+}
