@@ -13,7 +13,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Error;
@@ -27,17 +28,18 @@ const MAX_FILE_LEN: u64 = 16 << 20;
 /// Addresses by lower-case name without trailing dot, in the file's order.
 type Table = HashMap<Box<str>, Vec<IpAddr>>;
 
-/// A hosts file and what it said when last read.
+/// A hosts file and what it said when last read. A lookup takes a read lock (shared by
+/// concurrent lookups) and, once a second, one caller checks the file.
 pub(crate) struct Hosts {
     path: PathBuf,
-    state: Mutex<State>,
-}
-
-struct State {
-    table: Arc<Table>,
-    /// What identified the file when it was read (`None`: it did not exist).
-    stamp: Option<Stamp>,
-    checked: Instant,
+    table: RwLock<Table>,
+    /// What identified the file when it was read (`None`: it did not exist); held by the
+    /// one caller checking it.
+    stamp: Mutex<Option<Stamp>>,
+    /// The clock the next check is set on.
+    opened: Instant,
+    /// Milliseconds after `opened` when the file is next checked.
+    next_check_ms: AtomicU64,
 }
 
 /// Size, modification time and inode: a change in any of them means a re-read.
@@ -75,17 +77,17 @@ impl Hosts {
         let table = parse(&read_small_file(path, MAX_FILE_LEN)?);
         Ok(Self {
             path: path.to_owned(),
-            state: Mutex::new(State {
-                table: Arc::new(table),
-                stamp,
-                checked: Instant::now(),
-            }),
+            table: RwLock::new(table),
+            stamp: Mutex::new(stamp),
+            opened: Instant::now(),
+            next_check_ms: AtomicU64::new(CHECK_INTERVAL.as_millis() as u64),
         })
     }
 
     /// The addresses the file gives `name`, in its order; `None` when it does not name it.
     pub(crate) fn lookup(&self, name: &str) -> Option<Vec<IpAddr>> {
-        let table = self.current();
+        self.check_if_due();
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let name = name.strip_suffix('.').unwrap_or(name);
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             table.get(name.to_ascii_lowercase().as_str()).cloned()
@@ -94,18 +96,25 @@ impl Hosts {
         }
     }
 
-    /// The table, re-read first if the file changed since the last check (a second ago).
-    fn current(&self) -> Arc<Table> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if now.duration_since(state.checked) >= CHECK_INTERVAL {
-            state.checked = now;
-            self.refresh(&mut state);
+    /// Re-reads the file if it changed, when a check is due (once a second); the caller
+    /// that claims the check does it, the others go on with the table as it is.
+    fn check_if_due(&self) {
+        let now = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_check_ms.load(Ordering::Relaxed);
+        let next = now.saturating_add(CHECK_INTERVAL.as_millis() as u64);
+        if now < due
+            || self
+                .next_check_ms
+                .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
         }
-        Arc::clone(&state.table)
+        let mut stamp = self.stamp.lock().unwrap_or_else(PoisonError::into_inner);
+        self.refresh(&mut stamp);
     }
 
-    fn refresh(&self, state: &mut State) {
+    fn refresh(&self, old: &mut Option<Stamp>) {
         let stamp = match std::fs::metadata(&self.path) {
             Ok(meta) => Some(Stamp::of(&meta)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -114,7 +123,7 @@ impl Hosts {
                 return;
             }
         };
-        if stamp == state.stamp {
+        if stamp == *old {
             return;
         }
         let table = match stamp {
@@ -128,8 +137,8 @@ impl Hosts {
             },
         };
         tracing::debug!(path = %self.path.display(), names = table.len(), "hosts file re-read");
-        state.table = Arc::new(table);
-        state.stamp = stamp;
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+        *old = stamp;
     }
 }
 
@@ -207,10 +216,7 @@ mod tests {
             Some(ip("10.0.0.1")),
             "not yet checked"
         );
-        let backdate = |h: &Hosts| {
-            let mut s = h.state.lock().unwrap();
-            s.checked = Instant::now().checked_sub(CHECK_INTERVAL).unwrap();
-        };
+        let backdate = |h: &Hosts| h.next_check_ms.store(0, Ordering::Relaxed);
         backdate(&hosts);
         assert_eq!(hosts.lookup("a.example"), None);
         assert_eq!(hosts.lookup("b.example"), Some(ip("10.0.0.2")));
