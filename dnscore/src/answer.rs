@@ -39,14 +39,47 @@ impl From<Malformed> for ResponseError {
 }
 
 /// What the caching policy needs to know about an answer, gathered while validating it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Kept in 9 bytes (TTLs capped at 2^31-1, as the policy caps them, so `u32::MAX` can mean
+/// none), since every cached entry carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Facts {
-    /// Smallest TTL in the answer section.
-    pub(crate) min_answer_ttl: Option<u32>,
+    /// Smallest TTL in the answer section; [`NO_TTL`] when it is empty.
+    min_answer_ttl: u32,
+    /// min(SOA TTL, SOA MINIMUM) of an SOA in the authority section (RFC 2308 §5);
+    /// [`NO_TTL`] without one.
+    negative_ttl: u32,
     /// The answer section holds a record of the asked type (or the question is ANY).
-    pub(crate) has_qtype: bool,
-    /// min(SOA TTL, SOA MINIMUM) of an SOA in the authority section (RFC 2308 §5).
-    pub(crate) negative_ttl: Option<u32>,
+    has_qtype: bool,
+}
+
+/// [`Facts`]' "no TTL".
+const NO_TTL: u32 = u32::MAX;
+
+impl Default for Facts {
+    fn default() -> Self {
+        Self {
+            min_answer_ttl: NO_TTL,
+            negative_ttl: NO_TTL,
+            has_qtype: false,
+        }
+    }
+}
+
+impl Facts {
+    /// Smallest TTL in the answer section (capped at 2^31-1).
+    pub(crate) fn min_answer_ttl(&self) -> Option<u32> {
+        (self.min_answer_ttl != NO_TTL).then_some(self.min_answer_ttl)
+    }
+
+    /// The negative-caching TTL from the authority section's SOA (capped at 2^31-1).
+    pub(crate) fn negative_ttl(&self) -> Option<u32> {
+        (self.negative_ttl != NO_TTL).then_some(self.negative_ttl)
+    }
+
+    /// Whether the answer section holds a record of the asked type.
+    pub(crate) fn has_qtype(&self) -> bool {
+        self.has_qtype
+    }
 }
 
 /// A validated upstream answer.
@@ -144,15 +177,14 @@ impl Answer {
                 }
                 match section {
                     0 => {
-                        facts.min_answer_ttl =
-                            Some(facts.min_answer_ttl.map_or(rr.ttl, |m| m.min(rr.ttl)));
+                        facts.min_answer_ttl = facts.min_answer_ttl.min(rr.ttl.min(MAX_TTL));
                         if rr.rtype == qtype || qtype == rtype::ANY {
                             facts.has_qtype = true;
                         }
                     }
                     1 => {
                         if rr.rtype == rtype::SOA {
-                            facts.negative_ttl = Some(soa_negative_ttl(resp, &rr)?);
+                            facts.negative_ttl = soa_negative_ttl(resp, &rr)?.min(MAX_TTL);
                         }
                         if crate::scrub::ns_or_its_rrsig(resp, &rr) {
                             ns_from = ns_from.or(Some((rr.start, nscount)));
@@ -624,8 +656,8 @@ mod tests {
         let resp = response_to(&sent, ResponseCode::NXDomain, vec![], vec![soa(300, 60)]);
         let answer = Answer::parse(&sent, &resp, Instant::now()).unwrap();
         assert_eq!(answer.rcode, rcode::NXDOMAIN);
-        assert_eq!(answer.facts.negative_ttl, Some(60));
-        assert!(!answer.facts.has_qtype);
+        assert_eq!(answer.facts.negative_ttl(), Some(60));
+        assert!(!answer.facts.has_qtype());
     }
 }
 

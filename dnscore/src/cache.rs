@@ -11,7 +11,7 @@
 
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use quick_cache::Weighter;
@@ -47,12 +47,12 @@ impl TtlPolicy {
             return 0;
         }
         let facts = answer.facts;
-        let answer_ttl = facts.min_answer_ttl.unwrap_or(MAX_TTL).min(MAX_TTL);
-        if answer.rcode == rcode::NOERROR && facts.has_qtype {
+        let answer_ttl = facts.min_answer_ttl().unwrap_or(MAX_TTL).min(MAX_TTL);
+        if answer.rcode == rcode::NOERROR && facts.has_qtype() {
             let lifetime = answer_ttl.clamp(self.min_ttl, self.max_ttl);
             answer.set_ttls(self.min_ttl, lifetime);
             lifetime
-        } else if let Some(negative) = facts.negative_ttl {
+        } else if let Some(negative) = facts.negative_ttl() {
             let lifetime = negative
                 .min(answer_ttl)
                 .clamp(self.negative_min_ttl, self.negative_max_ttl);
@@ -72,12 +72,16 @@ pub(crate) struct Entry {
     /// How long it may be served from the cache, in seconds after the answer arrived; 0
     /// when it may not be cached.
     lifetime: u32,
-    /// A background refresh was started for it (prefetch happens once per entry).
-    prefetched: AtomicBool,
-    /// When a refresh of this stale entry last failed, in ms after the answer arrived (+1;
-    /// 0 for never): refreshes are not retried for a while (RFC 8767 §4).
-    refresh_failed: AtomicU64,
+    /// Bit 31 ([`PREFETCHED`]): a background refresh was started for it (prefetch happens
+    /// once per entry). Bits 0-30: when a refresh of this stale entry last failed, in ms
+    /// after the answer arrived, + 1 (0 for never; at most 24.8 days, past any entry's
+    /// life with the default TTL ceiling and stale window): refreshes are not retried for a
+    /// while (RFC 8767 §4). One word, so that an entry and its `Arc` fit 80 bytes.
+    state: AtomicU32,
 }
+
+/// [`Entry::state`]'s prefetch bit.
+const PREFETCHED: u32 = 1 << 31;
 
 impl Deref for Entry {
     type Target = Answer;
@@ -94,8 +98,7 @@ impl Entry {
         Self {
             answer,
             lifetime,
-            prefetched: AtomicBool::new(false),
-            refresh_failed: AtomicU64::new(0),
+            state: AtomicU32::new(0),
         }
     }
 
@@ -123,7 +126,8 @@ impl Entry {
     /// in the last tenth of its lifetime, and no refresh was started for it yet. Returns
     /// true once.
     pub(crate) fn claim_prefetch(&self, age: Duration) -> bool {
-        self.prefetch_due(age) && !self.prefetched.swap(true, Ordering::Relaxed)
+        self.prefetch_due(age)
+            && self.state.fetch_or(PREFETCHED, Ordering::Relaxed) & PREFETCHED == 0
     }
 
     /// Whether the entry is in the last tenth of its lifetime at `age` and not claimed yet
@@ -133,21 +137,26 @@ impl Entry {
         // that does not fit is past any lifetime.
         let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX / 10);
         let lifetime = u64::from(self.lifetime) * 1000;
-        age * 10 >= lifetime * 9 && !self.prefetched.load(Ordering::Relaxed)
+        age * 10 >= lifetime * 9 && self.state.load(Ordering::Relaxed) & PREFETCHED == 0
     }
 
     /// Records that refreshing this (stale) entry failed at `now`.
     pub(crate) fn refresh_failed_at(&self, now: Instant) {
-        let ms = u64::try_from(self.age(now).as_millis()).unwrap_or(u64::MAX - 1);
-        self.refresh_failed.store(ms + 1, Ordering::Relaxed);
+        let ms = u32::try_from(self.age(now).as_millis())
+            .map_or(!PREFETCHED - 1, |ms| ms.min(!PREFETCHED - 1));
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
+                Some((s & PREFETCHED) | (ms + 1))
+            });
     }
 
     /// Whether a refresh failed less than `window` before `now`.
     pub(crate) fn refresh_blocked(&self, now: Instant, window: Duration) -> bool {
-        match self.refresh_failed.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) & !PREFETCHED {
             0 => false,
             ms => {
-                let failed = self.answer.received + Duration::from_millis(ms - 1);
+                let failed = self.answer.received + Duration::from_millis(u64::from(ms - 1));
                 now.saturating_duration_since(failed) < window
             }
         }
@@ -423,6 +432,40 @@ mod tests {
         entry.refresh_failed_at(at(120_000));
         assert!(entry.refresh_blocked(at(149_999), window));
         assert!(!entry.refresh_blocked(at(150_000), window));
+        assert!(
+            !entry.prefetch_due(age(95_000)),
+            "the failure kept the prefetch mark"
+        );
+
+        // The other order, on a fresh entry: the mark does not disturb the failure's time.
+        let (_, mut answer) = exchange(
+            &client,
+            vec![a("a.test.", 100, [1, 1, 1, 1])],
+            ResponseCode::NoError,
+        );
+        let lifetime = POLICY.apply(&mut answer);
+        let received = answer.received;
+        let entry = Entry::new(answer, lifetime);
+        let at = |ms| received + Duration::from_millis(ms);
+        entry.refresh_failed_at(at(100_500));
+        assert!(entry.claim_prefetch(age(100_600)));
+        assert!(entry.refresh_blocked(at(130_499), window));
+        assert!(!entry.refresh_blocked(at(130_500), window));
+        // A failure past the 24.8 days the state holds is taken as that old: not blocked.
+        let late = at(30 * 86_400_000);
+        entry.refresh_failed_at(late);
+        assert!(!entry.refresh_blocked(late, window));
+    }
+
+    #[test]
+    fn an_entry_and_its_arc_header_fit_80_bytes() {
+        // Every cached answer carries one: 96 bytes before the facts were packed and the
+        // prefetch mark and refresh time shared a word (the memory benchmark's figure).
+        assert!(
+            std::mem::size_of::<Entry>() <= 64,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]
