@@ -461,11 +461,7 @@ mod tests {
     fn an_entry_and_its_arc_header_fit_80_bytes() {
         // Every cached answer carries one: 96 bytes before the facts were packed and the
         // prefetch mark and refresh time shared a word (the memory benchmark's figure).
-        assert!(
-            std::mem::size_of::<Entry>() <= 64,
-            "{}",
-            std::mem::size_of::<Entry>()
-        );
+        assert!(size_of::<Entry>() <= 64, "{}", size_of::<Entry>());
     }
 
     #[test]
