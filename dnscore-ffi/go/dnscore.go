@@ -44,6 +44,15 @@ type Options struct {
 	// "selection": "round-robin"} (`dnscore-sidecar --help` lists them). They win over
 	// the fields above. An unknown name or a bad value is an error from New.
 	Settings map[string]string
+	// ResolvConf is a resolv.conf to read ("/etc/resolv.conf"; empty: none). Its search
+	// list and ndots then apply to LookupIP as in glibc ("redis" is asked as
+	// redis.<namespace>.svc.cluster.local first in a pod), its timeout and attempts
+	// options become settings, and its nameservers are the upstreams when Upstreams is
+	// empty. NetResolver does not need it: Go's resolver applies the search list itself.
+	ResolvConf string
+	// HostsFile is a hosts file that LookupIP asks before DNS ("/etc/hosts"; empty: none),
+	// re-read when it changes.
+	HostsFile string
 }
 
 // Error is a failure reported by the C library: Code is one of the DNSCORE_E* codes.
@@ -126,6 +135,16 @@ func New(opts Options) (*Resolver, error) {
 		defer free()
 		cfg.settings = arr
 		cfg.settings_len = C.size_t(len(pairs))
+	}
+	if opts.ResolvConf != "" {
+		path := C.CString(opts.ResolvConf)
+		defer C.free(unsafe.Pointer(path))
+		cfg.resolv_conf = path
+	}
+	if opts.HostsFile != "" {
+		path := C.CString(opts.HostsFile)
+		defer C.free(unsafe.Pointer(path))
+		cfg.hosts_file = path
 	}
 	var cerr C.dnscore_error
 	ptr := C.dnscore_resolver_new(&cfg, &cerr)
@@ -233,8 +252,9 @@ func withContext[T any](ctx context.Context, r *Resolver, call func(*C.dnscore_r
 	}
 }
 
-// LookupIP returns the IPv4 and IPv6 addresses of host (taken as fully qualified: no
-// search list). Errors are *net.DNSError, with IsNotFound for NXDOMAIN and NODATA.
+// LookupIP returns the IPv4 and IPv6 addresses of host: through the hosts file and the
+// search list when Options name them, else as host is. Errors are *net.DNSError, with
+// IsNotFound for NXDOMAIN and NODATA.
 func (r *Resolver) LookupIP(ctx context.Context, host string) ([]net.IP, error) {
 	ips, err := withContext(ctx, r, func(p *C.dnscore_resolver, ms C.uint32_t) ([]net.IP, error) {
 		return lookupIP(p, host, ms)

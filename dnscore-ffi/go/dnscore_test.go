@@ -124,6 +124,40 @@ func TestLookupIPNotFound(t *testing.T) {
 	}
 }
 
+func TestLookupIPThroughTheSearchListAndHostsFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "resolv.conf")
+	hosts := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(conf, []byte("search sub.test test\nnameserver 10.255.255.1\noptions ndots:2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hosts, []byte("10.9.9.9 db.internal\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Options{Upstreams: []string{upstream}, ResolvConf: conf, HostsFile: hosts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// "a": a.sub.test (NXDOMAIN), then a.test.
+	ips, err := r.LookupIP(context.Background(), "a")
+	if err != nil || strings.Join(strs(ips), " ") != "192.0.2.1 2001:db8::1" {
+		t.Fatalf("a: %v %v", ips, err)
+	}
+	ips, err = r.LookupIP(context.Background(), "db.internal")
+	if err != nil || len(ips) != 1 || !ips[0].Equal(net.IPv4(10, 9, 9, 9)) {
+		t.Fatalf("db.internal: %v %v", ips, err)
+	}
+	// Without the files, "a" is asked as it is: the test upstream refuses names outside test.
+	plain := newResolver(t, upstream, 0)
+	if _, err := plain.LookupIP(context.Background(), "a"); err == nil {
+		t.Fatal("a resolved without a search list")
+	}
+	if _, err := New(Options{ResolvConf: filepath.Join(dir, "absent")}); err == nil || !strings.Contains(err.Error(), "absent") {
+		t.Fatalf("absent resolv.conf: %v", err)
+	}
+}
+
 func TestNewErrors(t *testing.T) {
 	if _, err := New(Options{}); err == nil {
 		t.Fatal("no upstream accepted")
