@@ -41,23 +41,24 @@ impl KeyBuf {
         labels: impl Iterator<Item = &'a [u8]>,
         qtype: u16,
     ) -> Option<Self> {
-        let mut buf = smallvec::SmallVec::<[u8; KEY_INLINE]>::new();
+        // Written into a plain array by index, then copied once: pushing byte slices into
+        // the SmallVec one by one cost more than the cache lookup itself.
+        let mut buf = [0u8; MAX_NAME_LEN + 5];
+        let mut end = 0;
         for label in labels {
-            let len = u8::try_from(label.len())
-                .ok()
-                .filter(|&l| (1..=63).contains(&l))?;
-            buf.push(len);
-            buf.extend_from_slice(label);
+            let len = label.len();
+            if !(1..=63).contains(&len) || end + 1 + len >= MAX_NAME_LEN {
+                return None;
+            }
+            buf[end] = len as u8;
+            buf[end + 1..end + 1 + len].copy_from_slice(label);
+            end += 1 + len;
         }
-        buf.push(0);
-        if buf.len() > MAX_NAME_LEN {
-            return None;
-        }
-        buf.make_ascii_lowercase();
-        buf.extend_from_slice(&qtype.to_be_bytes());
-        buf.extend_from_slice(&1u16.to_be_bytes());
-        buf.push(0);
-        Some(Self(buf))
+        buf[end] = 0;
+        buf[..end].make_ascii_lowercase();
+        let [t0, t1] = qtype.to_be_bytes();
+        buf[end + 1..end + 6].copy_from_slice(&[t0, t1, 0, 1, 0]);
+        Some(Self(smallvec::SmallVec::from_slice(&buf[..end + 6])))
     }
 
     /// The key's bytes.
