@@ -27,8 +27,16 @@ impl KeyBuf {
     /// The key of `question` (its name lower-cased: the first `name_len` bytes) and flags.
     #[inline]
     fn new(question: &[u8], name_len: usize, flags: u8) -> Self {
-        let mut buf = smallvec::SmallVec::new();
-        buf.extend_from_slice(question);
+        let len = question.len();
+        if len < KEY_INLINE {
+            // Built in a plain array and copied once (cheaper than growing the SmallVec).
+            let mut buf = [0u8; KEY_INLINE];
+            buf[..len].copy_from_slice(question);
+            buf[..name_len].make_ascii_lowercase();
+            buf[len] = flags;
+            return Self(smallvec::SmallVec::from_buf_and_len(buf, len + 1));
+        }
+        let mut buf = smallvec::SmallVec::from_slice(question);
         buf[..name_len].make_ascii_lowercase();
         buf.push(flags);
         Self(buf)
