@@ -116,8 +116,8 @@ typedef struct dnscore_config {
   // `search` list and `ndots` apply to `dnscore_lookup_ip` as in glibc (`"redis"` is
   // asked as `redis.<namespace>.svc.cluster.local` first in a pod); its `options
   // timeout: attempts: rotate` become settings (the fields above and `settings` win);
-  // its nameservers are the upstreams when `upstreams_len` is 0. Read during
-  // `dnscore_resolver_new` only.
+  // its nameservers are the upstreams when `upstreams_len` is 0 (127.0.0.1:53 when it
+  // names none, as in glibc). Read during `dnscore_resolver_new` only.
   const char *resolv_conf;
   // A hosts file that `dnscore_lookup_ip` asks before DNS (`"/etc/hosts"`), re-read
   // when it changes; NULL (the default) for none.
