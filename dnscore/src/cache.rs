@@ -9,9 +9,10 @@
 //! the answer with its life in the cache: whether it is fresh, stale or gone at a given
 //! instant, its prefetch and its failed refreshes are decided there and nowhere else.
 
+use std::cell::RefCell;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quick_cache::Weighter;
@@ -73,15 +74,21 @@ pub(crate) struct Entry {
     /// when it may not be cached.
     lifetime: u32,
     /// Bit 31 ([`PREFETCHED`]): a background refresh was started for it (prefetch happens
-    /// once per entry). Bits 0-30: when a refresh of this stale entry last failed, in ms
-    /// after the answer arrived, + 1 (0 for never; at most 24.8 days, past any entry's
-    /// life with the default TTL ceiling and stale window): refreshes are not retried for a
-    /// while (RFC 8767 §4). One word, so that an entry and its `Arc` fit 80 bytes.
+    /// once per entry). Bit 30 ([`GONE`]): the cache no longer holds it (evicted or
+    /// replaced), so a thread's memo of it must not be used. Bits 0-29: when a refresh of
+    /// this stale entry last failed, in ms after the answer arrived, + 1 (0 for never; at
+    /// most 12.4 days, past any entry's life with the default TTL ceiling and stale window):
+    /// refreshes are not retried for a while (RFC 8767 §4). One word, so that an entry and
+    /// its `Arc` fit 80 bytes.
     state: AtomicU32,
 }
 
 /// [`Entry::state`]'s prefetch bit.
 const PREFETCHED: u32 = 1 << 31;
+/// [`Entry::state`]'s "no longer in the cache" bit.
+const GONE: u32 = 1 << 30;
+/// [`Entry::state`]'s failed-refresh time.
+const FAILED_MS: u32 = GONE - 1;
 
 impl Deref for Entry {
     type Target = Answer;
@@ -143,17 +150,27 @@ impl Entry {
     /// Records that refreshing this (stale) entry failed at `now`.
     pub(crate) fn refresh_failed_at(&self, now: Instant) {
         let ms = u32::try_from(self.age(now).as_millis())
-            .map_or(!PREFETCHED - 1, |ms| ms.min(!PREFETCHED - 1));
+            .map_or(FAILED_MS - 1, |ms| ms.min(FAILED_MS - 1));
         let _ = self
             .state
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |s| {
-                Some((s & PREFETCHED) | (ms + 1))
+                Some((s & !FAILED_MS) | (ms + 1))
             });
+    }
+
+    /// Marks it as no longer held by the cache.
+    fn mark_gone(&self) {
+        self.state.fetch_or(GONE, Ordering::Relaxed);
+    }
+
+    /// Whether the cache no longer holds it.
+    fn is_gone(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & GONE != 0
     }
 
     /// Whether a refresh failed less than `window` before `now`.
     pub(crate) fn refresh_blocked(&self, now: Instant, window: Duration) -> bool {
-        match self.state.load(Ordering::Relaxed) & !PREFETCHED {
+        match self.state.load(Ordering::Relaxed) & FAILED_MS {
             0 => false,
             ms => {
                 let failed = self.answer.received + Duration::from_millis(u64::from(ms - 1));
@@ -184,9 +201,57 @@ pub(crate) enum Freshness {
     Stale,
 }
 
+/// Marks evicted entries [`GONE`] (replaced ones are marked by [`AnswerCache::insert`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct MarkGone;
+
+impl quick_cache::Lifecycle<Box<[u8]>, Arc<Entry>> for MarkGone {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _key: Box<[u8]>, entry: Arc<Entry>) {
+        entry.mark_gone();
+    }
+}
+
+/// Slots of a thread's memo (direct-mapped by a hash of the key's first bytes).
+const MEMO_SLOTS: usize = 64;
+
+/// A thread's last fresh hit per slot: which cache, the key, the entry.
+struct Memo {
+    cache: u64,
+    key: smallvec::SmallVec<[u8; 48]>,
+    entry: Arc<Entry>,
+}
+
+thread_local! {
+    /// The entries this thread hit last (at most [`MEMO_SLOTS`]), so that a hit on a hot
+    /// entry neither clones its `Arc` nor takes the shard lock: with two threads on one
+    /// hot entry, its reference count was the one cache line both wrote on every hit.
+    static MEMO: RefCell<[Option<Memo>; MEMO_SLOTS]> =
+        const { RefCell::new([const { None }; MEMO_SLOTS]) };
+}
+
+/// Each cache's memo identity (an address could be reused by a later cache).
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The memo slot of `key`: its length, type and first bytes of the name, mixed.
+#[inline]
+fn memo_slot(key: &[u8]) -> usize {
+    let mut first = [0u8; 8];
+    let n = key.len().min(9).saturating_sub(1);
+    first[..n].copy_from_slice(&key[1..1 + n]);
+    let tail = key.len().checked_sub(4).map_or(0, |i| u64::from(key[i]));
+    let mixed = (u64::from_le_bytes(first) ^ (key.len() as u64) << 48 ^ tail << 56)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 58) as usize % MEMO_SLOTS
+}
+
 /// Validated answers by key, and the questions that recently failed everywhere.
 pub(crate) struct AnswerCache {
-    entries: Cache<Box<[u8]>, Arc<Entry>, AnswerWeighter>,
+    entries:
+        Cache<Box<[u8]>, Arc<Entry>, AnswerWeighter, quick_cache::DefaultHashBuilder, MarkGone>,
+    /// Tells this cache's entries in the threads' memos from other caches'.
+    id: u64,
     /// Until when each recently failed question is answered SERVFAIL without asking
     /// upstream (RFC 2308 §7). Bounded like the cache, a quarter of its size.
     failures: Cache<Box<[u8]>, Instant>,
@@ -206,7 +271,14 @@ impl AnswerCache {
         failure_ttl: Duration,
     ) -> Self {
         Self {
-            entries: Cache::with_weighter(capacity, capacity as u64, AnswerWeighter),
+            entries: Cache::with(
+                capacity,
+                capacity as u64,
+                AnswerWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                MarkGone,
+            ),
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             failures: Cache::new((capacity / 4).max(64)),
             policy,
             max_stale,
@@ -225,6 +297,53 @@ impl AnswerCache {
         let age = entry.age(now);
         let freshness = entry.freshness(age, self.max_stale)?;
         Some((entry, freshness, age))
+    }
+
+    /// Runs `hit` on the fresh entry for `key` at `now` (with its age), from this thread's
+    /// memo when it holds it and the cache still does, else from the cache (and memoizes
+    /// it); a stale entry comes back as `Err(Some)`, none as `Err(None)`. The memo holds at
+    /// most 64 entries per thread, possibly ones evicted since (until overwritten).
+    #[inline]
+    pub(crate) fn with_fresh<R>(
+        &self,
+        key: &[u8],
+        now: Instant,
+        hit: impl FnOnce(&Entry, Duration) -> R,
+    ) -> Result<R, Option<Arc<Entry>>> {
+        let slot = memo_slot(key);
+        let mut hit = Some(hit);
+        let from_memo = MEMO.with_borrow(|memo| {
+            let m = memo[slot].as_ref()?;
+            if m.cache != self.id || *m.key != *key || m.entry.is_gone() {
+                return None;
+            }
+            let age = m.entry.age(now);
+            match m.entry.freshness(age, self.max_stale) {
+                Some(Freshness::Fresh) => hit.take().map(|f| f(&m.entry, age)),
+                _ => None,
+            }
+        });
+        if let Some(r) = from_memo {
+            return Ok(r);
+        }
+        let Some(hit) = hit else {
+            return Err(None); // not reached: the memo ran it only when it answered
+        };
+        match self.lookup(key, now) {
+            Some((entry, Freshness::Fresh, age)) => {
+                let r = hit(&entry, age);
+                MEMO.with_borrow_mut(|memo| {
+                    memo[slot] = Some(Memo {
+                        cache: self.id,
+                        key: key.into(),
+                        entry,
+                    });
+                });
+                Ok(r)
+            }
+            Some((stale, Freshness::Stale, _)) => Err(Some(stale)),
+            None => Err(None),
+        }
     }
 
     /// Remembers that every upstream failed `key` at `now`.
@@ -247,6 +366,10 @@ impl AnswerCache {
     /// Keeps `answer` if the policy gave it a lifetime, and forgets any recent failure.
     pub(crate) fn insert(&self, key: &[u8], entry: &Arc<Entry>) {
         if entry.lifetime > 0 {
+            // The entry it replaces is marked, so that no thread's memo serves it on.
+            if let Some(old) = self.entries.peek(key) {
+                old.mark_gone();
+            }
             self.entries.insert(key.into(), Arc::clone(entry));
         }
         if !self.failures.is_empty() {
@@ -472,6 +595,62 @@ mod tests {
         assert!(cache.recently_failed(b"key", now + Duration::from_millis(1999)));
         assert!(!cache.recently_failed(b"key", now + Duration::from_secs(2)));
         assert!(!cache.recently_failed(b"other", now));
+    }
+
+    /// An entry for `name` whose A record is `ip`, and its key.
+    fn entry_for(name: &str, ip: [u8; 4]) -> (Vec<u8>, Arc<Entry>) {
+        let client = client_query(name, RecordType::A, None);
+        let (_, mut answer) = exchange(&client, vec![a(name, 300, ip)], ResponseCode::NoError);
+        let lifetime = POLICY.apply(&mut answer);
+        let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
+        (key, Arc::new(Entry::new(answer, lifetime)))
+    }
+
+    /// The first address of the fresh entry `with_fresh` finds for `key`, if any.
+    fn fresh_ip(cache: &AnswerCache, key: &[u8]) -> Option<std::net::IpAddr> {
+        let now = Instant::now();
+        cache
+            .with_fresh(key, now, |entry, age| {
+                entry.simple_addresses(age, false).unwrap()[0].1
+            })
+            .ok()
+    }
+
+    #[test]
+    fn the_threads_memo_never_outlives_what_the_cache_holds() {
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
+        // Replaced: the new entry at once, on the thread that memoized the old one.
+        let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
+        let (key, old) = entry_for("m.test.", [10, 0, 0, 1]);
+        cache.insert(&key, &old);
+        assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.1"));
+        assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.1"), "from the memo");
+        let (_, new) = entry_for("m.test.", [10, 0, 0, 2]);
+        cache.insert(&key, &new);
+        assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.2"));
+
+        // Another cache with the same key: its own entry, never the first cache's.
+        let other = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
+        assert_eq!(fresh_ip(&other, &key), None);
+        let (_, theirs) = entry_for("m.test.", [10, 0, 0, 3]);
+        other.insert(&key, &theirs);
+        assert_eq!(fresh_ip(&other, &key), ip("10.0.0.3"));
+        assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.2"));
+
+        // Evicted: gone from the memo too.
+        let tiny = AnswerCache::new(1, POLICY, Duration::ZERO, Duration::ZERO);
+        let (k1, e1) = entry_for("one.test.", [10, 0, 1, 1]);
+        tiny.insert(&k1, &e1);
+        assert_eq!(fresh_ip(&tiny, &k1), ip("10.0.1.1"));
+        for i in 0..20u8 {
+            let (k, e) = entry_for(&format!("other{i}.test."), [10, 0, 2, i]);
+            tiny.insert(&k, &e);
+        }
+        assert!(
+            tiny.entries.get(k1.as_slice()).is_none(),
+            "evicted from the cache"
+        );
+        assert_eq!(fresh_ip(&tiny, &k1), None, "and not served from the memo");
     }
 
     #[test]

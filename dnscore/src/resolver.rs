@@ -285,21 +285,18 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Arc<Entry>>> {
-        let now = Instant::now();
-        match self.inner.cache.lookup(q.key.as_bytes(), now) {
-            Some((answer, Freshness::Fresh, age)) => {
-                self.on_hit(q.key.as_bytes(), &answer, age);
+        let key = q.key.as_bytes();
+        self.inner
+            .cache
+            .with_fresh(key, Instant::now(), |answer, age| {
+                self.on_hit(key, answer, age);
                 answer.write_aged(q, age, transport.limit(q), false, out);
-                Ok(())
-            }
-            Some((stale, Freshness::Stale, _)) => Err(Some(stale)),
-            None => Err(None),
-        }
+            })
     }
 
     /// Counts a hit and starts a prefetch if the entry is near its end.
     #[inline]
-    fn on_hit(&self, key: &[u8], answer: &Arc<Entry>, age: Duration) {
+    fn on_hit(&self, key: &[u8], answer: &Entry, age: Duration) {
         self.inner.counters.hits.add(1);
         // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
         // leave the entry unclaimed for a caller inside one. The runtime is looked up only
