@@ -302,7 +302,8 @@ impl AnswerCache {
     /// Runs `hit` on the fresh entry for `key` at `now` (with its age), from this thread's
     /// memo when it holds it and the cache still does, else from the cache (and memoizes
     /// it); a stale entry comes back as `Err(Some)`, none as `Err(None)`. The memo holds at
-    /// most 64 entries per thread, possibly ones evicted since (until overwritten).
+    /// most 64 entries of up to 1232 bytes per thread, possibly ones evicted since (until
+    /// overwritten), and never serves those.
     #[inline]
     pub(crate) fn with_fresh<R>(
         &self,
@@ -312,7 +313,9 @@ impl AnswerCache {
     ) -> Result<R, Option<Arc<Entry>>> {
         let slot = memo_slot(key);
         let mut hit = Some(hit);
-        let from_memo = MEMO.with_borrow(|memo| {
+        // `try_with`: a thread being torn down (its memo gone) still gets answers.
+        let from_memo = MEMO.try_with(|memo| {
+            let memo = memo.borrow();
             let m = memo[slot].as_ref()?;
             if m.cache != self.id || *m.key != *key || m.entry.is_gone() {
                 return None;
@@ -323,7 +326,7 @@ impl AnswerCache {
                 _ => None,
             }
         });
-        if let Some(r) = from_memo {
+        if let Ok(Some(r)) = from_memo {
             return Ok(r);
         }
         let Some(hit) = hit else {
@@ -332,13 +335,17 @@ impl AnswerCache {
         match self.lookup(key, now) {
             Some((entry, Freshness::Fresh, age)) => {
                 let r = hit(&entry, age);
-                MEMO.with_borrow_mut(|memo| {
-                    memo[slot] = Some(Memo {
-                        cache: self.id,
-                        key: key.into(),
-                        entry,
+                // Only answers of up to a UDP size: the memo's memory stays small (64 such
+                // entries a thread at most) beside the cache's bound.
+                if entry.len() <= usize::from(EDNS_UDP_SIZE) {
+                    let _ = MEMO.try_with(|memo| {
+                        memo.borrow_mut()[slot] = Some(Memo {
+                            cache: self.id,
+                            key: key.into(),
+                            entry,
+                        });
                     });
-                });
+                }
                 Ok(r)
             }
             Some((stale, Freshness::Stale, _)) => Err(Some(stale)),
