@@ -212,8 +212,12 @@ impl Resolver {
             Err(rejection) if rejection.write(query, out) => return Ok(()),
             Err(_) => return Err(Error::Malformed),
         };
-        let result = self.answer(q.key.as_bytes()).await;
-        write_result(&q, transport, result, out);
+        // A fresh hit is written at once (through the thread's memo); else the key is
+        // looked up no more: its stale entry, if any, goes with it to the upstreams.
+        if let Err(stale) = self.try_hit(&q, transport, out) {
+            let result = self.complete(q.key.as_bytes(), stale).await;
+            write_result(&q, transport, result, out);
+        }
         Ok(())
     }
 
@@ -296,7 +300,7 @@ impl Resolver {
 
     /// Counts a hit and starts a prefetch if the entry is near its end.
     #[inline]
-    fn on_hit(&self, key: &[u8], answer: &Entry, age: Duration) {
+    pub(crate) fn on_hit(&self, key: &[u8], answer: &Entry, age: Duration) {
         self.inner.counters.hits.add(1);
         // Outside a runtime (a caller's own thread) there is nowhere to run it: skip, and
         // leave the entry unclaimed for a caller inside one. The runtime is looked up only
