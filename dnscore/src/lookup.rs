@@ -410,6 +410,37 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// The one-pass host-name reader and hickory's IDNA path agree on every name of
+        /// the characters the fast path takes: the same name (but for letter case), or
+        /// both an error (the fast path may also accept what IDNA's rules refuse, as DNS
+        /// does: then it is the name as written).
+        #[test]
+        fn host_names_read_as_idna_reads_them(name in "[a-zA-Z0-9_*.-]{0,80}") {
+            let fast = parse_name(&name);
+            match Name::from_utf8(&name) {
+                Ok(idna) if !name.is_empty() => {
+                    let fast = fast.expect("IDNA took it, the fast path must too");
+                    proptest::prop_assert_eq!(&fast, &idna);
+                    proptest::prop_assert_eq!(fast.is_fqdn(), idna.is_fqdn());
+                }
+                _ => {
+                    if let Ok(fast) = fast {
+                        let labels: Vec<&[u8]> = fast.iter().collect();
+                        let written: Vec<&[u8]> = name
+                            .strip_suffix('.')
+                            .unwrap_or(&name)
+                            .split('.')
+                            .filter(|l| !l.is_empty())
+                            .map(str::as_bytes)
+                            .collect();
+                        proptest::prop_assert_eq!(labels, written);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn candidates_follow_glibcs_order() {
         let names = Names {
