@@ -4,6 +4,10 @@
 //!
 //! Lookups hash the key bytes (built on the stack by `query::parse`) and take one shard's
 //! read lock inside quick_cache, never a lock shared by all threads; a hit clones an `Arc`.
+//! A thread that hits an entry again finds it in its own memo (64 slots) and uses it
+//! without the lock or the clone, so that threads sharing a hot entry do not write its
+//! reference count on every hit; entries evicted or replaced are marked and never served
+//! from a memo.
 //! How long an answer may be kept is decided once, on insert, by [`TtlPolicy`], which also
 //! rewrites the stored TTLs so that a hit only subtracts the time elapsed. An [`Entry`] is
 //! the answer with its life in the cache: whether it is fresh, stale or gone at a given
