@@ -9,7 +9,9 @@
 #   3 sidecar         dnscore-sidecar in every pod -> the Service IP ($SIDECAR_ARGS added)
 #   4 sidecar-nl      dnscore-sidecar in every pod -> the node cache of setup 2
 # Workload: every pod asks each of its names once per PERIOD s (20 shared Services
-# svc-N.ns-M + OWN names p<POD>-e<K>.dyn of its own), through the search list (ndots:5).
+# svc-N.ns-M + OWN names p<POD>-e<K>.dyn of its own), through the search list (ndots:5);
+# the pods start at random moments over one TTL, the window (default max(30 s, TTL))
+# opens after TTL + PERIOD + WARMUP s.
 # Per zone TTL, setup and density: CoreDNS queries/s (mean and busiest second), node
 # conntrack entries (end of the window and max; kernel default UDP timeouts 30 s / 120 s),
 # RSS and CPU of the caches (all sidecars summed, unbound), CoreDNS CPU, lookup p50/p99,
@@ -18,7 +20,7 @@
 # Usage: density.sh [--density "10 50 100"] [--zone-ttl "5 30"] [--setups "1 2 3 4"]
 #                   [--window S] [--label TEXT]
 # Environment: SIDECAR (binary; default: build it), SIDECAR_ARGS (extra sidecar flags, e.g.
-# "--min-ttl 30"), PERIOD (1), OWN (3), WARMUP (2), WINDOW (default max(30, 2 x TTL)),
+# "--min-ttl 30"), PERIOD (1), OWN (3), WARMUP (2), WINDOW (default max(30, TTL)),
 # OUT_DIR (/tmp/dnsc-cluster), MAX_RUNTIME (1800 s).
 # Needs root. Namespaces dnsc-<pid>-*, nothing configured in the root namespace; a trap and
 # a watchdog kill every process started and delete every namespace.
@@ -422,7 +424,9 @@ sampler() {   # OUTFILE: one line a second: unix time, CoreDNS query counter, co
 
 run_cell() {   # TTL SETUP PODS
   local ttl=$1 s=$2 n=$3 win=$WINDOW c=$RUN_DIR/ttl$1-s$2-n$3 i pods="" mark spid dpid hz
-  [ -z "$win" ] && win=$((ttl * 2 > 30 ? ttl * 2 : 30))
+  [ -z "$win" ] && win=$((ttl > 30 ? ttl : 30))
+  # the pods start over one TTL (their caches out of step), the window opens after that
+  local warm=$(awk -v t="$ttl" -v p="$PERIOD" -v w="$WARMUP" 'BEGIN { print t + p + w }')
   hz=$(getconf CLK_TCK)
   log "TTL $ttl s, setup $s (${SETUP_NAME[$s]}), $n pods"
   start_setup "$s" "$n"
@@ -430,11 +434,11 @@ run_cell() {   # TTL SETUP PODS
   mark=$c.mark; rm -f "$mark"
   # conntrack from the setup's start-up (readiness checks) out of the count
   nsx "$NODE" conntrack -F >/dev/null 2>&1
-  nsx "$NODE" timeout $((${WARMUP%.*} + ${win%.*} + 40)) python3 "$HERE/density_driver.py" --netns "$pods" \
+  nsx "$NODE" timeout $((${warm%.*} + ${win%.*} + 40)) python3 "$HERE/density_driver.py" --netns "$pods" \
     --resolv-conf "$RUN_DIR/resolv-$s.conf" --names "$RUN_DIR/shared-names.txt" --own "$OWN" \
-    --period "$PERIOD" --warmup "$WARMUP" --duration "$win" --mark "$mark" >"$c.json" 2>"$c.err" &
+    --period "$PERIOD" --spread "$ttl" --warmup "$warm" --duration "$win" --mark "$mark" >"$c.json" 2>"$c.err" &
   dpid=$!
-  for i in $(seq 1 $((${WARMUP%.*} * 10 + 100))); do [ -e "$mark" ] && break; sleep 0.1; done
+  for i in $(seq 1 $((${warm%.*} * 10 + 100))); do [ -e "$mark" ] && break; sleep 0.1; done
   [ -e "$mark" ] || log "  note: the driver did not open its window in time (see $c.err)"
   # the window: counters zeroed, CPU read, one sample a second
   local cache_pids=("${SETUP_PIDS[@]}") ub_pid=$UNBOUND_PID
@@ -445,6 +449,9 @@ run_cell() {   # TTL SETUP PODS
   spid=$!
   sleep "$win"
   q=$(coredns_queries); ct=$(ct_count); t1=$(date +%s.%N)
+  # the entries not yet expired (the count above also holds expired ones the kernel's
+  # garbage collector has not reaped yet: it is what node_nf_conntrack_entries shows)
+  local live; live=$(nsx "$NODE" timeout 20 conntrack -L 2>/dev/null | wc -l)
   sc1=$(cpu_of "${cache_pids[@]}"); ub1=$(cpu_of $ub_pid); cd1=$(cpu_of "${CD_PID[@]}")
   rss=$(rss_kb "${cache_pids[@]}"); ubrss=$(rss_kb $ub_pid)
   kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
@@ -454,9 +461,9 @@ run_cell() {   # TTL SETUP PODS
   wait "$dpid" 2>/dev/null
   stop_setup
   python3 - "$c.json" "$c.samples" "$ttl" "$s" "${SETUP_NAME[$s]}${LABEL:+ $LABEL}" "$n" "$t0" "$t1" "$q" "$ct" \
-      "$rss" "$ubrss" "$sc0" "$sc1" "$ub0" "$ub1" "$cd0" "$cd1" "$hz" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RESULTS" <<'EOF'
+      "$rss" "$ubrss" "$sc0" "$sc1" "$ub0" "$ub1" "$cd0" "$cd1" "$hz" "$(cut -d' ' -f1 /proc/loadavg)" "$live" >>"$RESULTS" <<'EOF'
 import json, sys
-(j, samples, ttl, s, name, n, t0, t1, q, ct, rss, ubrss, sc0, sc1, ub0, ub1, cd0, cd1, hz, load) = sys.argv[1:]
+(j, samples, ttl, s, name, n, t0, t1, q, ct, rss, ubrss, sc0, sc1, ub0, ub1, cd0, cd1, hz, load, live) = sys.argv[1:]
 try:
     d = json.load(open(j))
 except (OSError, ValueError):
@@ -475,18 +482,19 @@ print("\t".join(str(x) for x in (
     ttl, s, name, n, d.get("lookups", "NA"), d.get("failed", "NA"), d.get("p50_ms", "NA"), d.get("p99_ms", "NA"),
     round(int(q) / el, 1), round(peak, 1), ct, ctmax,
     round(int(rss) / 1024, 1), round(cores(sc0, sc1), 3), round(int(ubrss) / 1024, 1), round(cores(ub0, ub1), 3),
-    round(cores(cd0, cd1), 3), d.get("servfail_answers", "NA"), round(el, 1), load, d.get("driver_cpu_s", "NA"))))
+    round(cores(cd0, cd1), 3), d.get("servfail_answers", "NA"), round(el, 1), load, d.get("driver_cpu_s", "NA"), live)))
 EOF
   log "  $(tail -1 "$RESULTS" | cut -f4-16 | tr '\t' ' ')"
 }
 
 print_table() {
   echo "# dnscore density $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, kernel $(uname -r)${LABEL:+, $LABEL}${SIDECAR_ARGS:+, sidecar flags: $SIDECAR_ARGS}"
-  echo "# per pod: 20 shared Services + $OWN own names, each looked up once per $PERIOD s (ndots:5, search list: 2 A queries per lookup); window ${WINDOW:-max(30, 2 x TTL)} s after ${WARMUP} s"
-  awk -F'\t' 'BEGIN { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", "ttl", "setup", "pods", "lookups", "failed", "p50ms", "p99ms", "coredns/s", "peak/s", "ct_end", "ct_max", "sc_rssMB", "sc_cpu", "nl_rssMB", "nl_cpu", "cd_cpu", "load" }
-    { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", $1, $2 "-" $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $20 }' "$RESULTS"
+  echo "# per pod: 20 shared Services + $OWN own names, each looked up once per $PERIOD s (ndots:5, search list: 2 A queries per lookup); pods started over one TTL; window ${WINDOW:-max(30 s, TTL)} after TTL + $PERIOD + $WARMUP s"
+  awk -F'\t' 'BEGIN { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", "ttl", "setup", "pods", "lookups", "failed", "p50ms", "p99ms", "coredns/s", "peak/s", "ct_end", "ct_max", "ct_live", "sc_rssMB", "sc_cpu", "nl_rssMB", "nl_cpu", "cd_cpu", "load" }
+    { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", $1, $2 "-" $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, ($22 == "" ? "-" : $22), $13, $14, $15, $16, $17, $20 }' "$RESULTS"
   echo "# coredns/s = UDP queries (+ TCP SYNs) reaching the 3 CoreDNS endpoints per second over the window; peak/s the busiest 1-s sample"
-  echo "# ct_end/ct_max = node conntrack entries at the end of the window / the most in a 1-s sample (UDP timeouts 30 s, 120 s for replied-to streams)"
+  echo "# ct_end/ct_max = node conntrack entries (nf_conntrack_count, what node_nf_conntrack_entries shows) at the end of the window / the most in a 1-s sample;"
+  echo "#   ct_live = the entries not yet expired at the end (conntrack -L); UDP timeouts 30 s, 120 s for replied-to streams; expired entries wait for the kernel's GC"
   echo "# sc_rssMB/sc_cpu = all sidecars of the node: VmRSS summed (MiB) at the end, CPU in cores over the window; nl_* the same for unbound; cd_cpu the 3 knotd"
   echo "# load = 1-min load average at the end of the cell (2 cores; the stub process and the caches run on the same cores)"
 }

@@ -17,7 +17,7 @@ domain; a timeout ends the lookup as failed. A queries only.
 
 Usage:
   density_driver.py --netns NS1,NS2,... --resolv-conf FILE --names FILE [--own 3]
-                    [--period 1] [--warmup 2] [--duration 30] [--mark FILE]
+                    [--period 1] [--spread 0] [--warmup 2] [--duration 30] [--mark FILE]
 Lookups started in [warmup, warmup + duration) are counted; --mark is written when that
 window opens. Prints one JSON object (counts, latency percentiles in ms, own CPU seconds).
 """
@@ -67,7 +67,8 @@ def main():
     ap.add_argument("--names", required=True, help="shared relative names, one per line")
     ap.add_argument("--own", type=int, default=3, help="names of each pod's own (p<POD>-e<K>.dyn)")
     ap.add_argument("--period", type=float, default=1.0, help="seconds between two lookups of one name by one pod")
-    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--spread", type=float, default=0.0, help="pods start at random moments over this many seconds")
+    ap.add_argument("--warmup", type=float, default=2.0, help="seconds before the measured window (> spread + period)")
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--mark", default="", help="file written when the measured window opens")
     ap.add_argument("--seed", type=int, default=1)
@@ -85,7 +86,11 @@ def main():
 
     t0 = time.monotonic()
     w_start, w_end = t0 + args.warmup, t0 + args.warmup + args.duration
-    sched = [(t0 + rng.random() * args.period, p, j) for p in range(len(pods)) for j in range(len(names[p]))]
+    # pod p starts at a random moment in [0, spread), then asks each name at its own phase:
+    # the pods' caches are filled (and so expire) out of step, as on a node whose pods did
+    # not all start in the same second; the window opens once every pod has started
+    starts = [rng.random() * args.spread for _ in pods]
+    sched = [(t0 + starts[p] + rng.random() * args.period, p, j) for p in range(len(pods)) for j in range(len(names[p]))]
     heapq.heapify(sched)
     timers = []  # (deadline, seq, lookup, gen)
     by_fd = {}
