@@ -416,6 +416,7 @@ cpu_ticks() {   # PID... -> utime+stime summed (clock ticks)
 }
 # shellcheck disable=SC2086
 cpu_of() { local sum=0 p t; for p in "$@"; do t=$(cpu_ticks "$p"); sum=$((sum + t)); done; echo $sum; }
+pss_kb() { local p sum=0 v; for p in "$@"; do v=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null); sum=$((sum + ${v:-0})); done; echo $sum; }
 rss_kb() { local p sum=0 v; for p in "$@"; do v=$(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null); sum=$((sum + ${v:-0})); done; echo $sum; }
 
 sampler() {   # OUTFILE: one line a second: unix time, CoreDNS query counter, conntrack entries
@@ -454,6 +455,8 @@ run_cell() {   # TTL SETUP PODS
   local live; live=$(nsx "$NODE" timeout 20 conntrack -L 2>/dev/null | wc -l)
   sc1=$(cpu_of "${cache_pids[@]}"); ub1=$(cpu_of $ub_pid); cd1=$(cpu_of "${CD_PID[@]}")
   rss=$(rss_kb "${cache_pids[@]}"); ubrss=$(rss_kb $ub_pid)
+  # PSS: the binary's pages, mapped by every sidecar, counted once over all of them
+  local pss ubpss; pss=$(pss_kb "${cache_pids[@]}"); ubpss=$(pss_kb $ub_pid)
   kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null
   local k
   for k in $(seq 1 $((TIMEOUT * ATTEMPTS * 4 + 40))); do kill -0 "$dpid" 2>/dev/null || break; sleep 0.5; done
@@ -461,9 +464,9 @@ run_cell() {   # TTL SETUP PODS
   wait "$dpid" 2>/dev/null
   stop_setup
   python3 - "$c.json" "$c.samples" "$ttl" "$s" "${SETUP_NAME[$s]}${LABEL:+ $LABEL}" "$n" "$t0" "$t1" "$q" "$ct" \
-      "$rss" "$ubrss" "$sc0" "$sc1" "$ub0" "$ub1" "$cd0" "$cd1" "$hz" "$(cut -d' ' -f1 /proc/loadavg)" "$live" >>"$RESULTS" <<'EOF'
+      "$rss" "$ubrss" "$sc0" "$sc1" "$ub0" "$ub1" "$cd0" "$cd1" "$hz" "$(cut -d' ' -f1 /proc/loadavg)" "$live" "$pss" "$ubpss" >>"$RESULTS" <<'EOF'
 import json, sys
-(j, samples, ttl, s, name, n, t0, t1, q, ct, rss, ubrss, sc0, sc1, ub0, ub1, cd0, cd1, hz, load, live) = sys.argv[1:]
+(j, samples, ttl, s, name, n, t0, t1, q, ct, rss, ubrss, sc0, sc1, ub0, ub1, cd0, cd1, hz, load, live, pss, ubpss) = sys.argv[1:]
 try:
     d = json.load(open(j))
 except (OSError, ValueError):
@@ -482,7 +485,7 @@ print("\t".join(str(x) for x in (
     ttl, s, name, n, d.get("lookups", "NA"), d.get("failed", "NA"), d.get("p50_ms", "NA"), d.get("p99_ms", "NA"),
     round(int(q) / el, 1), round(peak, 1), ct, ctmax,
     round(int(rss) / 1024, 1), round(cores(sc0, sc1), 3), round(int(ubrss) / 1024, 1), round(cores(ub0, ub1), 3),
-    round(cores(cd0, cd1), 3), d.get("servfail_answers", "NA"), round(el, 1), load, d.get("driver_cpu_s", "NA"), live)))
+    round(cores(cd0, cd1), 3), d.get("servfail_answers", "NA"), round(el, 1), load, d.get("driver_cpu_s", "NA"), live, round(int(pss) / 1024, 1), round(int(ubpss) / 1024, 1))))
 EOF
   log "  $(tail -1 "$RESULTS" | cut -f4-16 | tr '\t' ' ')"
 }
@@ -490,12 +493,13 @@ EOF
 print_table() {
   echo "# dnscore density $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, kernel $(uname -r)${LABEL:+, $LABEL}${SIDECAR_ARGS:+, sidecar flags: $SIDECAR_ARGS}"
   echo "# per pod: 20 shared Services + $OWN own names, each looked up once per $PERIOD s (ndots:5, search list: 2 A queries per lookup); pods started over one TTL; window ${WINDOW:-max(30 s, TTL)} after TTL + $PERIOD + $WARMUP s"
-  awk -F'\t' 'BEGIN { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", "ttl", "setup", "pods", "lookups", "failed", "p50ms", "p99ms", "coredns/s", "peak/s", "ct_end", "ct_max", "ct_live", "sc_rssMB", "sc_cpu", "nl_rssMB", "nl_cpu", "cd_cpu", "load" }
-    { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s\n", $1, $2 "-" $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, ($22 == "" ? "-" : $22), $13, $14, $15, $16, $17, $20 }' "$RESULTS"
+  awk -F'\t' 'BEGIN { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s %9s %9s\n", "ttl", "setup", "pods", "lookups", "failed", "p50ms", "p99ms", "coredns/s", "peak/s", "ct_end", "ct_max", "ct_live", "sc_rssMB", "sc_cpu", "nl_rssMB", "nl_cpu", "cd_cpu", "load", "sc_pssMB", "nl_pssMB" }
+    { printf "%-4s %-22s %5s %8s %6s %6s %7s %9s %8s %8s %8s %8s %9s %7s %9s %7s %7s %5s %9s %9s\n", $1, $2 "-" $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, ($22 == "" ? "-" : $22), $13, $14, $15, $16, $17, $20, ($23 == "" ? "-" : $23), ($24 == "" ? "-" : $24) }' "$RESULTS"
   echo "# coredns/s = UDP queries (+ TCP SYNs) reaching the 3 CoreDNS endpoints per second over the window; peak/s the busiest 1-s sample"
   echo "# ct_end/ct_max = node conntrack entries (nf_conntrack_count, what node_nf_conntrack_entries shows) at the end of the window / the most in a 1-s sample;"
   echo "#   ct_live = the entries not yet expired at the end (conntrack -L); UDP timeouts 30 s, 120 s for replied-to streams; expired entries wait for the kernel's GC"
-  echo "# sc_rssMB/sc_cpu = all sidecars of the node: VmRSS summed (MiB) at the end, CPU in cores over the window; nl_* the same for unbound; cd_cpu the 3 knotd"
+  echo "# sc_rssMB/sc_cpu = all sidecars of the node: VmRSS summed (MiB) at the end, CPU in cores over the window; nl_* the same for unbound; cd_cpu the 3 knotd;"
+  echo "#   *_pssMB = proportional set size summed (pages shared between the sidecars, e.g. the binary, counted once)"
   echo "# load = 1-min load average at the end of the cell (2 cores; the stub process and the caches run on the same cores)"
 }
 
