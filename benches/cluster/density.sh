@@ -13,9 +13,9 @@
 # the pods start at random moments over one TTL, the window (default max(30 s, TTL))
 # opens after TTL + PERIOD + WARMUP s.
 # Per zone TTL, setup and density: CoreDNS queries/s (mean and busiest second), node
-# conntrack entries (end of the window and max; kernel default UDP timeouts 30 s / 120 s),
-# RSS and CPU of the caches (all sidecars summed, unbound), CoreDNS CPU, lookup p50/p99,
-# failed lookups.
+# conntrack entries (end of the window, max, unexpired; kernel default UDP timeouts 30 s /
+# 120 s), RSS, PSS and CPU of the caches (all sidecars summed, unbound), CoreDNS CPU,
+# lookup p50/p99, failed lookups.
 #
 # Usage: density.sh [--density "10 50 100"] [--zone-ttl "5 30"] [--setups "1 2 3 4"]
 #                   [--window S] [--label TEXT]

@@ -4,7 +4,7 @@ conntrack entries against pods per node, one line per setup, one row of panels p
 log scale.
 
 Usage: density_plot.py RESULTS.tsv [RESULTS.tsv ...] --out benches/cluster/density.svg
-       [--setups "1-direct 2-nodelocal 3-sidecar 4-sidecar-nl"]
+       [--setups "1-direct 2-nodelocal 3-sidecar 4-sidecar-nl"] [--note TEXT]
 RESULTS.tsv is what density.sh writes ($OUT_DIR/density-<pid>/results.tsv) or a run directory.
 """
 import argparse
@@ -31,9 +31,17 @@ def read(paths):
 
 
 def fmt(v):
+    """An axis tick: 10, 100, 1k, 10k, 1M."""
+    if v >= 1e6:
+        return f"{v / 1e6:g}M"
     if v >= 1000:
         return f"{v / 1000:g}k"
     return f"{v:g}"
+
+
+def value(v):
+    """A point's label: 4,576 / 56.6 / 2.6."""
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def panel(out, x0, y0, w, h, title, series, xs):
@@ -57,6 +65,7 @@ def panel(out, x0, y0, w, h, title, series, xs):
         out.append(f'<line x1="{px(x):.1f}" x2="{px(x):.1f}" y1="{y0 + 30}" y2="{y0 + h - 30}" stroke="#eee"/>')
         out.append(f'<text x="{px(x):.1f}" y="{y0 + h - 14}" text-anchor="middle" font-size="11">{x}</text>')
     out.append(f'<text x="{x0 + w / 2}" y="{y0 + h}" text-anchor="middle" font-size="11">pods per node</text>')
+    ends = []
     for label, color, pts in series:
         pts = sorted(pts)
         if not pts:
@@ -65,8 +74,14 @@ def panel(out, x0, y0, w, h, title, series, xs):
         out.append(f'<polyline points="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
         for x, v in pts:
             out.append(f'<circle cx="{px(x):.1f}" cy="{py(v):.1f}" r="3" fill="{color}"><title>{escape(label)}: {v:g} at {x} pods</title></circle>')
-        x, v = pts[-1]
-        out.append(f'<text x="{px(x) + 4:.1f}" y="{py(v) - 5:.1f}" font-size="10" fill="{color}" text-anchor="end">{fmt(round(v))}</text>')
+        ends.append((py(pts[-1][1]) - 6, px(pts[-1][0]) - 4, color, value(pts[-1][1])))
+    # the last point's value above it; labels that would overlap are pushed apart
+    ends.sort()
+    for i in range(1, len(ends)):
+        if ends[i][0] - ends[i - 1][0] < 11:
+            ends[i] = (ends[i - 1][0] + 11,) + ends[i][1:]
+    for y, x, color, text in ends:
+        out.append(f'<text x="{x:.1f}" y="{y:.1f}" font-size="10" fill="{color}" text-anchor="end">{text}</text>')
 
 
 def main():
@@ -74,6 +89,7 @@ def main():
     ap.add_argument("results", nargs="+")
     ap.add_argument("--out", required=True)
     ap.add_argument("--setups", default="", help="series to draw (setup-name as in the table), default all")
+    ap.add_argument("--note", default="", help="text under the legend, '|' between lines")
     args = ap.parse_args()
     rows = read(args.results)
     if not rows:
@@ -87,7 +103,8 @@ def main():
             labels.append(k)
     xs = sorted({int(r[3]) for r in rows})
     pw, ph = 430, 300
-    W, H = pw * len(METRICS) + 20, ph * len(ttls) + 60 + 18 * ((len(labels) + 2) // 3)
+    notes = [l.strip() for l in args.note.split("|") if l.strip()]
+    W, H = pw * len(METRICS) + 20, ph * len(ttls) + 60 + 18 * ((len(labels) + 2) // 3) + 15 * len(notes)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="14" font-weight="bold">'
@@ -111,6 +128,8 @@ def main():
         yy = y + (i // 3) * 18
         out.append(f'<line x1="{x}" x2="{x + 24}" y1="{yy - 4}" y2="{yy - 4}" stroke="{colors[k]}" stroke-width="3"/>')
         out.append(f'<text x="{x + 30}" y="{yy}">{escape(k)}</text>')
+    for i, line in enumerate(notes):
+        out.append(f'<text x="20" y="{y + 18 * ((len(labels) + 2) // 3) + 15 * i}" font-size="11">{escape(line)}</text>')
     out.append("</svg>")
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")
