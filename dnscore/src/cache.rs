@@ -546,15 +546,19 @@ mod tests {
 
     #[test]
     fn prefetch_is_claimed_once_in_the_last_tenth_and_failed_refreshes_wait() {
-        let client = client_query("a.test.", RecordType::A, None);
-        let (_, mut answer) = exchange(
-            &client,
-            vec![a("a.test.", 100, [1, 1, 1, 1])],
-            ResponseCode::NoError,
-        );
-        let lifetime = POLICY.apply(&mut answer);
-        let received = answer.received;
-        let entry = Entry::new(answer, lifetime);
+        // An entry of 100 s, and when it arrived.
+        let new_entry = || {
+            let client = client_query("a.test.", RecordType::A, None);
+            let (_, mut answer) = exchange(
+                &client,
+                vec![a("a.test.", 100, [1, 1, 1, 1])],
+                ResponseCode::NoError,
+            );
+            let lifetime = POLICY.apply(&mut answer);
+            let received = answer.received;
+            (Entry::new(answer, lifetime), received)
+        };
+        let (entry, received) = new_entry();
         let age = Duration::from_millis;
         assert!(!entry.prefetch_due(age(89_999)));
         assert!(entry.prefetch_due(age(90_000)), "the last tenth of 100 s");
@@ -572,14 +576,7 @@ mod tests {
         );
 
         // The other order, on a fresh entry: the mark does not disturb the failure's time.
-        let (_, mut answer) = exchange(
-            &client,
-            vec![a("a.test.", 100, [1, 1, 1, 1])],
-            ResponseCode::NoError,
-        );
-        let lifetime = POLICY.apply(&mut answer);
-        let received = answer.received;
-        let entry = Entry::new(answer, lifetime);
+        let (entry, received) = new_entry();
         let at = |ms| received + Duration::from_millis(ms);
         entry.refresh_failed_at(at(100_500));
         assert!(entry.claim_prefetch(age(100_600)));
