@@ -546,19 +546,8 @@ mod tests {
 
     #[test]
     fn prefetch_is_claimed_once_in_the_last_tenth_and_failed_refreshes_wait() {
-        // An entry of 100 s, and when it arrived.
-        let new_entry = || {
-            let client = client_query("a.test.", RecordType::A, None);
-            let (_, mut answer) = exchange(
-                &client,
-                vec![a("a.test.", 100, [1, 1, 1, 1])],
-                ResponseCode::NoError,
-            );
-            let lifetime = POLICY.apply(&mut answer);
-            let received = answer.received;
-            (Entry::new(answer, lifetime), received)
-        };
-        let (entry, received) = new_entry();
+        let (_, entry) = entry_for("a.test.", 100, [1, 1, 1, 1]);
+        let received = entry.received;
         let age = Duration::from_millis;
         assert!(!entry.prefetch_due(age(89_999)));
         assert!(entry.prefetch_due(age(90_000)), "the last tenth of 100 s");
@@ -576,7 +565,8 @@ mod tests {
         );
 
         // The other order, on a fresh entry: the mark does not disturb the failure's time.
-        let (entry, received) = new_entry();
+        let (_, entry) = entry_for("a.test.", 100, [1, 1, 1, 1]);
+        let received = entry.received;
         let at = |ms| received + Duration::from_millis(ms);
         entry.refresh_failed_at(at(100_500));
         assert!(entry.claim_prefetch(age(100_600)));
@@ -605,10 +595,10 @@ mod tests {
         assert!(!cache.recently_failed(b"other", now));
     }
 
-    /// An entry for `name` whose A record is `ip`, and its key.
-    fn entry_for(name: &str, ip: [u8; 4]) -> (Vec<u8>, Arc<Entry>) {
+    /// An entry for `name` whose A record is `ip` with this TTL, and its key.
+    fn entry_for(name: &str, ttl: u32, ip: [u8; 4]) -> (Vec<u8>, Arc<Entry>) {
         let client = client_query(name, RecordType::A, None);
-        let (_, mut answer) = exchange(&client, vec![a(name, 300, ip)], ResponseCode::NoError);
+        let (_, mut answer) = exchange(&client, vec![a(name, ttl, ip)], ResponseCode::NoError);
         let lifetime = POLICY.apply(&mut answer);
         let key = query::parse(&client).unwrap().key.as_bytes().to_vec();
         (key, Arc::new(Entry::new(answer, lifetime)))
@@ -629,29 +619,29 @@ mod tests {
         let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().unwrap());
         // Replaced: the new entry at once, on the thread that memoized the old one.
         let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
-        let (key, old) = entry_for("m.test.", [10, 0, 0, 1]);
+        let (key, old) = entry_for("m.test.", 300, [10, 0, 0, 1]);
         cache.insert(&key, &old);
         assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.1"));
         assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.1"), "from the memo");
-        let (_, new) = entry_for("m.test.", [10, 0, 0, 2]);
+        let (_, new) = entry_for("m.test.", 300, [10, 0, 0, 2]);
         cache.insert(&key, &new);
         assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.2"));
 
         // Another cache with the same key: its own entry, never the first cache's.
         let other = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
         assert_eq!(fresh_ip(&other, &key), None);
-        let (_, theirs) = entry_for("m.test.", [10, 0, 0, 3]);
+        let (_, theirs) = entry_for("m.test.", 300, [10, 0, 0, 3]);
         other.insert(&key, &theirs);
         assert_eq!(fresh_ip(&other, &key), ip("10.0.0.3"));
         assert_eq!(fresh_ip(&cache, &key), ip("10.0.0.2"));
 
         // Evicted: gone from the memo too.
         let tiny = AnswerCache::new(1, POLICY, Duration::ZERO, Duration::ZERO);
-        let (k1, e1) = entry_for("one.test.", [10, 0, 1, 1]);
+        let (k1, e1) = entry_for("one.test.", 300, [10, 0, 1, 1]);
         tiny.insert(&k1, &e1);
         assert_eq!(fresh_ip(&tiny, &k1), ip("10.0.1.1"));
         for i in 0..20u8 {
-            let (k, e) = entry_for(&format!("other{i}.test."), [10, 0, 2, i]);
+            let (k, e) = entry_for(&format!("other{i}.test."), 300, [10, 0, 2, i]);
             tiny.insert(&k, &e);
         }
         assert!(

@@ -6,11 +6,13 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
+use crate::cache::Entry;
 use crate::error::Error;
 use crate::hosts::Hosts;
 use crate::query::{self, KeyBuf};
@@ -145,49 +147,25 @@ impl Resolver {
     }
 
     /// One name, asked as it is (`fqdn` is absolute). The key is built from the name
-    /// directly, and an answer of the common shape (addresses of the question's name) is
-    /// read from the cached bytes; other shapes are written out as a client would get them
-    /// and decoded with hickory-proto.
+    /// directly; a fresh hit is read through the thread's memo, anything else goes to the
+    /// upstreams with what the cache had (the key is looked up once).
     async fn lookup_name(&self, fqdn: &Name, rtype: RecordType) -> Result<Lookup, Error> {
-        let invalid = || Error::InvalidName(Arc::from(fqdn.to_string()));
-        let key = KeyBuf::for_lookup(fqdn.iter(), u16::from(rtype)).ok_or_else(invalid)?;
-        // A fresh hit of the common shape is read in place (through the thread's memo).
-        let fresh = self.inner.cache.with_fresh(
-            key.as_bytes(),
-            tokio::time::Instant::now(),
-            |answer, age| {
-                let found = (answer.rcode == rcode::NOERROR)
-                    .then(|| answer.simple_addresses(age, false))
-                    .flatten()
-                    .map(|addrs| addresses_as_records(fqdn, addrs));
-                if found.is_some() {
-                    self.on_hit(key.as_bytes(), answer, age);
-                }
-                found
-            },
-        );
-        if let Ok(Some(found)) = fresh {
-            return Ok(found);
-        }
-        let (answer, freshness, _) = self.answer(key.as_bytes()).await?;
-        match answer.rcode {
-            rcode::NOERROR => {}
-            rcode::NXDOMAIN => return Err(Error::NxDomain),
-            _ => return Err(Error::BadAnswer),
-        }
-        let stale = freshness == crate::cache::Freshness::Stale;
+        let key = KeyBuf::for_lookup(fqdn.iter(), u16::from(rtype))
+            .ok_or_else(|| Error::InvalidName(Arc::from(fqdn.to_string())))?;
+        let key = key.as_bytes();
         let now = tokio::time::Instant::now();
-        let age = now.saturating_duration_since(answer.received);
-        if let Some(addrs) = answer.simple_addresses(age, stale) {
-            return Ok(addresses_as_records(fqdn, addrs));
-        }
-        let wire = query_for(fqdn, rtype);
-        let q = query::parse(&wire).map_err(|_| invalid())?;
-        let mut out = Vec::new();
-        answer.write_response(&q, now, MAX_MESSAGE_LEN, stale, &mut out);
-        Ok(Lookup {
-            records: answer_records(&out).ok_or(Error::BadAnswer)?,
-        })
+        let hit = self.inner.cache.with_fresh(key, now, |answer, age| {
+            self.on_hit(key, answer, age);
+            records_of(answer, fqdn, rtype, age, false)
+        });
+        let stale = match hit {
+            Ok(found) => return found,
+            Err(stale) => stale,
+        };
+        let (answer, freshness, _) = self.complete(key, stale).await?;
+        let age = tokio::time::Instant::now().saturating_duration_since(answer.received);
+        let stale = freshness == crate::cache::Freshness::Stale;
+        records_of(&answer, fqdn, rtype, age, stale)
     }
 
     /// The IPv4 and IPv6 addresses of `host`, IPv4 first. An IP literal is returned as it
@@ -246,6 +224,33 @@ impl Resolver {
     }
 }
 
+/// The records of `answer` for `fqdn` and `rtype`, `age` after it arrived: for the common
+/// shape (addresses of the question's name) read from the cached bytes, for other shapes
+/// written out as a client would get them and decoded with hickory-proto.
+fn records_of(
+    answer: &Entry,
+    fqdn: &Name,
+    rtype: RecordType,
+    age: Duration,
+    stale: bool,
+) -> Result<Lookup, Error> {
+    match answer.rcode {
+        rcode::NOERROR => {}
+        rcode::NXDOMAIN => return Err(Error::NxDomain),
+        _ => return Err(Error::BadAnswer),
+    }
+    if let Some(addrs) = answer.simple_addresses(age, stale) {
+        return Ok(addresses_as_records(fqdn, addrs));
+    }
+    let wire = query_for(fqdn, rtype);
+    let q = query::parse(&wire).map_err(|_| Error::InvalidName(Arc::from(fqdn.to_string())))?;
+    let mut out = Vec::new();
+    answer.write_aged(&q, age, MAX_MESSAGE_LEN, stale, &mut out);
+    Ok(Lookup {
+        records: answer_records(&out).ok_or(Error::BadAnswer)?,
+    })
+}
+
 /// A [`Lookup`] of A and AAAA records owned by `owner`.
 fn addresses_as_records(owner: &Name, addrs: impl IntoIterator<Item = (u32, IpAddr)>) -> Lookup {
     let records = addrs
@@ -284,10 +289,10 @@ fn parse_name(name: &str) -> Result<Name, Error> {
 /// `Some(Err(()))` for an empty label, a label over 63 bytes or a name over 255; `None` for
 /// any other character, left to `Name::from_utf8`.
 fn host_name_wire(name: &str, wire: &mut [u8; MAX_NAME_LEN + 1]) -> Option<Result<usize, ()>> {
-    let body = name.strip_suffix('.').unwrap_or(name).as_bytes();
     if name.is_empty() {
         return None;
     }
+    let body = name.strip_suffix('.').unwrap_or(name).as_bytes();
     if body.is_empty() {
         return Some(Ok(1)); // the root: one zero byte
     }

@@ -318,23 +318,12 @@ impl Resolver {
         }
     }
 
-    /// The answer for a parsed query: fresh from the cache; else from the one flight for its
-    /// key; stale from the cache (RFC 8767) when that flight fails or is slower than the
-    /// client response timer.
-    pub(crate) async fn answer(&self, key: &[u8]) -> Result<Answered, Error> {
-        let now = Instant::now();
-        match self.inner.cache.lookup(key, now) {
-            Some((answer, Freshness::Fresh, age)) => {
-                self.on_hit(key, &answer, age);
-                Ok((answer, Freshness::Fresh, None))
-            }
-            Some((stale, Freshness::Stale, _)) => self.complete(key, Some(stale)).await,
-            None => self.complete(key, None).await,
-        }
-    }
-
     /// The answer for a key the cache had no fresh answer for (`stale`: what it had).
-    async fn complete(&self, key: &[u8], stale: Option<Arc<Entry>>) -> Result<Answered, Error> {
+    pub(crate) async fn complete(
+        &self,
+        key: &[u8],
+        stale: Option<Arc<Entry>>,
+    ) -> Result<Answered, Error> {
         let now = Instant::now();
         let counters = &self.inner.counters;
         counters.misses.add(1);

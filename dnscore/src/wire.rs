@@ -185,9 +185,9 @@ impl Header {
         })
     }
 
-    /// Appends the header to `out`.
+    /// Appends the header to `out`, built whole and appended once: one capacity check, not
+    /// six (a cache hit writes one).
     #[inline]
-    /// Built whole and appended once: one capacity check, not six (a cache hit writes one).
     pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let mut bytes = [0u8; HEADER_LEN];
         for (chunk, v) in bytes.chunks_exact_mut(2).zip([
