@@ -330,6 +330,45 @@ fn new_options_update_an_injected_manifest_in_place() {
 }
 
 #[test]
+fn another_cluster_domain_reaches_the_search_list_and_the_sidecars_ttl_floor() {
+    let args = |options: &InjectOptions| {
+        let out = inject(APP, options).unwrap();
+        let docs = documents(&out.output);
+        let web = pod_spec(find(&docs, "Deployment", "web"));
+        let search = web.dns_config.as_ref().unwrap().searches.clone().unwrap();
+        (
+            search,
+            web.init_containers.unwrap()[0].args.clone().unwrap(),
+        )
+    };
+    let (search, default_args) = args(&InjectOptions::default());
+    assert!(search.contains(&"svc.cluster.local".to_owned()), "{search:?}");
+    assert!(
+        !default_args
+            .iter()
+            .any(|a| a.starts_with("--cluster-domain"))
+    );
+    let (search, other_args) = args(&InjectOptions {
+        cluster_domain: "kube.example".to_owned(),
+        ..InjectOptions::default()
+    });
+    assert!(search.contains(&"svc.kube.example".to_owned()), "{search:?}");
+    assert!(!search.iter().any(|d| d.ends_with("cluster.local")), "{search:?}");
+    assert!(other_args.contains(&"--cluster-domain=kube.example".to_owned()));
+    let bad = InjectOptions {
+        cluster_domain: "kube..example".to_owned(),
+        ..InjectOptions::default()
+    };
+    assert!(matches!(
+        inject(APP, &bad),
+        Err(InjectError::InvalidOption {
+            option: "cluster_domain",
+            ..
+        })
+    ));
+}
+
+#[test]
 fn the_deploy_example_is_valid_and_exactly_what_inject_makes() {
     let docs = documents(EXAMPLE);
     assert_eq!(docs.len(), 1);

@@ -326,6 +326,12 @@ impl Answer {
         self.message()
     }
 
+    /// Whether the question's name is `domain` or under it (`domain` in wire form, lower
+    /// case).
+    pub(crate) fn question_is_under(&self, domain: &[u8]) -> bool {
+        crate::wire::name_is_under_domain(self.message(), HEADER_LEN, domain)
+    }
+
     /// The stored message: header, question and records.
     fn message(&self) -> &[u8] {
         &self.bytes[..usize::from(self.message_len)]
@@ -710,7 +716,7 @@ mod proptests {
             }
             let q = query::parse(&client).unwrap();
             if let Ok(mut answer) = Answer::parse(&sent, &resp, Instant::now()) {
-                let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_min_ttl: 0, negative_max_ttl: 3_600 };
+                let policy = crate::cache::TtlPolicy { min_ttl: 0, max_ttl: 86_400, negative_min_ttl: 0, negative_max_ttl: 3_600, cluster: None };
                 prop_assert!(policy.apply(&mut answer) <= 86_400);
                 let mut out = Vec::new();
                 answer.write_response(&q, Instant::now(), 65_535, true, &mut out);

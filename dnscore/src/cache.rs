@@ -27,12 +27,24 @@ use crate::answer::Answer;
 use crate::wire::{EDNS_UDP_SIZE, MAX_TTL, rcode};
 
 /// How long answers are cached (RFC 2308 for negative answers).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct TtlPolicy {
     pub(crate) min_ttl: u32,
     pub(crate) max_ttl: u32,
     pub(crate) negative_min_ttl: u32,
     pub(crate) negative_max_ttl: u32,
+    /// A floor of its own for answers about the cluster's names.
+    pub(crate) cluster: Option<ClusterFloor>,
+}
+
+/// A TTL floor for the answers to questions at or under one domain (the Kubernetes cluster
+/// domain), positive and negative alike.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClusterFloor {
+    /// The domain in wire form, lower case.
+    pub(crate) domain: Box<[u8]>,
+    /// The floor, in seconds.
+    pub(crate) min_ttl: u32,
 }
 
 impl TtlPolicy {
@@ -45,23 +57,32 @@ impl TtlPolicy {
     ///   `negative_min_ttl..=negative_max_ttl`; without an SOA in the authority section it is not cached
     ///   (RFC 2308 §5);
     /// - truncated answers and anything but NOERROR/NXDOMAIN (SERVFAIL included) are never
-    ///   cached: the pool already tried the other upstreams for them.
+    ///   cached: the pool already tried the other upstreams for them;
+    /// - for a question at or under the cluster domain, the cluster floor is a floor for
+    ///   positive and negative answers alike; the ceilings still apply.
     pub(crate) fn apply(&self, answer: &mut Answer) -> u32 {
         if answer.truncated() || !answer.is_answer() {
             answer.set_ttls(0, MAX_TTL);
             return 0;
         }
+        let cluster_floor = match &self.cluster {
+            Some(c) if answer.question_is_under(&c.domain) => c.min_ttl,
+            _ => 0,
+        };
         let facts = answer.facts;
         let answer_ttl = facts.min_answer_ttl().unwrap_or(MAX_TTL).min(MAX_TTL);
         if answer.rcode == rcode::NOERROR && facts.has_qtype() {
-            let lifetime = answer_ttl.clamp(self.min_ttl, self.max_ttl);
-            answer.set_ttls(self.min_ttl, lifetime);
+            let floor = self.min_ttl.max(cluster_floor).min(self.max_ttl);
+            let lifetime = answer_ttl.clamp(floor, self.max_ttl);
+            answer.set_ttls(floor, lifetime);
             lifetime
         } else if let Some(negative) = facts.negative_ttl() {
-            let lifetime = negative
-                .min(answer_ttl)
-                .clamp(self.negative_min_ttl, self.negative_max_ttl);
-            answer.set_ttls(self.negative_min_ttl, lifetime);
+            let floor = self
+                .negative_min_ttl
+                .max(cluster_floor)
+                .min(self.negative_max_ttl);
+            let lifetime = negative.min(answer_ttl).clamp(floor, self.negative_max_ttl);
+            answer.set_ttls(floor, lifetime);
             lifetime
         } else {
             answer.set_ttls(0, MAX_TTL);
@@ -413,6 +434,7 @@ mod tests {
         max_ttl: 86_400,
         negative_min_ttl: 0,
         negative_max_ttl: 3_600,
+        cluster: None,
     };
 
     fn lifetime_of(
@@ -421,7 +443,17 @@ mod tests {
         rcode: ResponseCode,
         policy: TtlPolicy,
     ) -> u32 {
-        let client = client_query("a.test.", RecordType::A, None);
+        lifetime_for("a.test.", answers, authority, rcode, policy)
+    }
+
+    fn lifetime_for(
+        name: &str,
+        answers: Vec<crate::proto::rr::Record>,
+        authority: Vec<crate::proto::rr::Record>,
+        rcode: ResponseCode,
+        policy: TtlPolicy,
+    ) -> u32 {
+        let client = client_query(name, RecordType::A, None);
         let q = query::parse(&client).unwrap();
         let sent = Key(q.key.as_bytes()).upstream_query(1);
         let resp = response_to(&sent, rcode, answers, authority);
@@ -486,11 +518,21 @@ mod tests {
             ..POLICY
         };
         assert_eq!(
-            lifetime_of(vec![], vec![soa(5, 5)], ResponseCode::NXDomain, floored),
+            lifetime_of(
+                vec![],
+                vec![soa(5, 5)],
+                ResponseCode::NXDomain,
+                floored.clone()
+            ),
             30
         );
         assert_eq!(
-            lifetime_of(vec![], vec![soa(90, 90)], ResponseCode::NXDomain, floored),
+            lifetime_of(
+                vec![],
+                vec![soa(90, 90)],
+                ResponseCode::NXDomain,
+                floored.clone()
+            ),
             40
         );
         assert_eq!(
@@ -506,6 +548,80 @@ mod tests {
         assert_eq!(
             lifetime_of(vec![], vec![], ResponseCode::ServFail, POLICY),
             0
+        );
+    }
+
+    #[test]
+    fn the_cluster_floor_holds_for_the_cluster_domain_only() {
+        let policy = TtlPolicy {
+            cluster: Some(ClusterFloor {
+                domain: b"\x07cluster\x05local\x00".as_slice().into(),
+                min_ttl: 30,
+            }),
+            ..POLICY
+        };
+        let svc = "redis.shop.svc.cluster.local.";
+        let answer = |name| vec![a(name, 5, [10, 100, 0, 7])];
+        let lifetime = |name, answers, authority, rcode| {
+            lifetime_for(name, answers, authority, rcode, policy.clone())
+        };
+        assert_eq!(
+            lifetime(svc, answer(svc), vec![], ResponseCode::NoError),
+            30
+        );
+        let upper = "Redis.Shop.SVC.Cluster.Local.";
+        assert_eq!(
+            lifetime(upper, answer(upper), vec![], ResponseCode::NoError),
+            30
+        );
+        assert_eq!(
+            lifetime(
+                "cluster.local.",
+                answer("cluster.local."),
+                vec![],
+                ResponseCode::NoError
+            ),
+            30
+        );
+        let nx = "redis.app.svc.cluster.local.";
+        assert_eq!(
+            lifetime(nx, vec![], vec![soa(5, 5)], ResponseCode::NXDomain),
+            30
+        );
+        assert_eq!(
+            lifetime(svc, vec![], vec![soa(5, 5)], ResponseCode::NoError),
+            30
+        );
+        // Longer TTLs are kept; a negative answer without an SOA is still not cached.
+        let long = vec![a(svc, 600, [10, 100, 0, 7])];
+        assert_eq!(lifetime(svc, long, vec![], ResponseCode::NoError), 600);
+        assert_eq!(lifetime(nx, vec![], vec![], ResponseCode::NXDomain), 0);
+        // Names outside the domain, and names that only end in its letters, keep theirs.
+        for name in [
+            "a.test.",
+            "xcluster.local.",
+            "cluster.local.example.",
+            "local.",
+        ] {
+            assert_eq!(
+                lifetime(name, answer(name), vec![], ResponseCode::NoError),
+                5,
+                "{name}"
+            );
+        }
+        // The ceilings still apply.
+        let low = TtlPolicy {
+            max_ttl: 10,
+            negative_max_ttl: 20,
+            ..policy.clone()
+        };
+        assert_eq!(
+            lifetime_for(svc, answer(svc), vec![], ResponseCode::NoError, low.clone()),
+            10
+        );
+        assert_eq!(
+            lifetime_for(nx, vec![], vec![soa(5, 5)], ResponseCode::NXDomain, low),
+            20
         );
     }
 

@@ -73,3 +73,16 @@ pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default RRSIGs kept per RRset of an upstream answer (Unbound's default since 2026).
 pub const MAX_RRSIGS: usize = 8;
+
+/// Default cluster domain: Kubernetes' default (`--cluster-domain` of the kubelet).
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Default TTL floor for answers about names under the cluster domain, positive and
+/// negative: 30 s. CoreDNS's kubernetes plugin answers with TTL 5 s, so without a floor
+/// every pod's cache asks CoreDNS for each of its names every 5 s: measured at 50 pods per
+/// node (benches/cluster/README.md, "Many pods per node"), per-pod caches then send CoreDNS
+/// 8.1× what one node cache sends, and 1.35× with a 30-s floor. NodeLocal DNSCache's
+/// `cache 30` and many clusters' `ttl 30` serve Service names as long. The price: a
+/// re-created Service, a new one, or a headless Service's new pod set is seen up to 30 s
+/// late.
+pub const CLUSTER_MIN_TTL: u32 = 30;

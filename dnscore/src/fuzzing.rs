@@ -38,6 +38,7 @@ pub fn upstream_answer(client: &[u8], response: &[u8]) -> Option<(Vec<u8>, u32)>
         max_ttl: crate::defaults::MAX_TTL,
         negative_min_ttl: 0,
         negative_max_ttl: crate::defaults::NEGATIVE_MAX_TTL,
+        cluster: None,
     }
     .apply(&mut answer);
     let mut out = Vec::new();

@@ -64,7 +64,10 @@
 //! - Positive answers are cached for the smallest TTL of their answer section; negative
 //!   answers (NXDOMAIN, NODATA) for min(SOA TTL, SOA MINIMUM) (RFC 2308), and not at all
 //!   without an SOA. Both are clamped by the builder's settings; TTLs over 2^31-1 are capped.
-//!   Served TTLs count down. An entry is never served past its TTL, except stale under
+//!   Answers about names under the Kubernetes cluster domain (`cluster.local`) live at least
+//!   30 s (`cluster_min_ttl`; CoreDNS gives them 5 s, and a cache in every pod refreshing
+//!   every 5 s would ask CoreDNS many times what one node cache asks), so a re-created or
+//!   headless Service's new addresses may be seen up to 30 s late. Served TTLs count down. An entry is never served past its TTL, except stale under
 //!   RFC 8767 (below) when no upstream answers in time.
 //! - SERVFAIL, REFUSED and other failure codes make the pool try the other upstreams; the
 //!   client gets SERVFAIL only when all have failed (never REFUSED: musl's stub resolver

@@ -31,6 +31,8 @@ pub enum Kind {
     Flag,
     /// `lowest-rtt`, `random`, `round-robin` or `sequential`.
     Selection,
+    /// A domain name, as `cluster.local`.
+    Domain,
 }
 
 impl Kind {
@@ -44,6 +46,7 @@ impl Kind {
             Self::Ratio => "SHARE",
             Self::Flag => "BOOL",
             Self::Selection => "POLICY",
+            Self::Domain => "DOMAIN",
         }
     }
 
@@ -56,6 +59,7 @@ impl Kind {
             Self::Ratio => "a number between 0 and 1",
             Self::Flag => "true or false",
             Self::Selection => "lowest-rtt, random, round-robin or sequential",
+            Self::Domain => "a domain name (cluster.local)",
         }
     }
 }
@@ -272,6 +276,24 @@ mod value {
         }
     }
 
+    pub(super) mod domain {
+        /// A name of letters, digits, `-` and `_` in labels of 1 to 63, under 254 in all;
+        /// kept in lower case and without a trailing dot.
+        pub(crate) fn parse(text: &str) -> Option<String> {
+            let name = text.strip_suffix('.').unwrap_or(text);
+            let good_label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            (!name.is_empty() && name.len() < 254 && name.split('.').all(good_label))
+                .then(|| name.to_ascii_lowercase())
+        }
+        pub(crate) fn show(v: &String) -> String {
+            v.clone()
+        }
+    }
+
     pub(super) mod selection {
         use super::Selection;
 
@@ -320,6 +342,8 @@ settings! {
     "max-ttl" => max_ttl: seconds Seconds, "Ceiling on a positive answer's TTL";
     "negative-min-ttl" => negative_min_ttl: seconds Seconds, "Floor on a negative (NXDOMAIN, NODATA) answer's TTL";
     "negative-max-ttl" => negative_max_ttl: seconds Seconds, "Ceiling on a negative (NXDOMAIN, NODATA) answer's TTL";
+    "cluster-domain" => cluster_domain: domain Domain, "The Kubernetes cluster domain, whose names get cluster-min-ttl";
+    "cluster-min-ttl" => cluster_min_ttl: seconds Seconds, "Floor on the TTL of answers (positive and negative) for names under the cluster domain (0: none)";
     "timeout" => timeout: duration Duration, "Deadline for a whole query, all attempts included; then SERVFAIL";
     "attempt-timeout" => attempt_timeout: duration Duration, "Ceiling on one attempt's adaptive timeout";
     "min-attempt-timeout" => min_attempt_timeout: duration Duration, "Floor on one attempt's adaptive timeout";
@@ -402,6 +426,8 @@ mod tests {
             .set("prefetch", "off")
             .unwrap()
             .set("max-attempts", "4")
+            .unwrap()
+            .set("cluster-domain", "Kube.Example.")
             .unwrap();
         let value = |name| setting(name).unwrap().value(&b);
         assert_eq!(value("max-ttl"), "30");
@@ -410,6 +436,8 @@ mod tests {
         assert_eq!(value("selection"), "round-robin");
         assert_eq!(value("prefetch"), "false");
         assert_eq!(value("max-attempts"), "4");
+        assert_eq!(value("cluster-domain"), "kube.example");
+        assert_eq!(setting("cluster-min-ttl").unwrap().default_value(), "30");
         assert_eq!(setting("max-attempts").unwrap().default_value(), "auto");
         assert_eq!(setting("max-ttl").unwrap().env_var(), "DNSCORE_MAX_TTL");
     }
@@ -433,6 +461,11 @@ mod tests {
             ("selection", "fastest"),
             ("timeout", "2 weeks"),
             ("max-ttl", "99999999999"),
+            ("cluster-domain", ""),
+            ("cluster-domain", "."),
+            ("cluster-domain", "cluster..local"),
+            ("cluster-domain", "clüster.local"),
+            ("cluster-domain", "a b"),
         ] {
             assert!(
                 matches!(

@@ -204,6 +204,27 @@ impl Header {
     }
 }
 
+/// Whether the name at `pos`, uncompressed (as a question is), is `domain` or a name under
+/// it: `domain` in wire form, in lower case, ending with the root's zero byte. Compared
+/// label by label, so `xcluster.local` is not under `cluster.local`; a compression pointer
+/// or a name that runs off the message is not under anything.
+pub(crate) fn name_is_under_domain(msg: &[u8], pos: usize, domain: &[u8]) -> bool {
+    let mut label = pos;
+    loop {
+        let Some(rest) = msg.get(label..) else {
+            return false;
+        };
+        // Length bytes are below 64, so ASCII case folding leaves them alone.
+        if rest.len() >= domain.len() && rest[..domain.len()].eq_ignore_ascii_case(domain) {
+            return true;
+        }
+        match rest.first() {
+            Some(&len @ 1..=63) => label += 1 + usize::from(len),
+            _ => return false,
+        }
+    }
+}
+
 /// Walks a possibly compressed name that starts at `pos` and returns the position just
 /// after it in the message. Compression pointers must point strictly backwards (RFC 1035
 /// §4.1.4: "a prior occurrence"), which also bounds the walk, and never into the header
@@ -606,6 +627,29 @@ pub(crate) fn randomize_case(msg: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_under_a_domain_go_by_whole_labels() {
+        let domain = b"\x07cluster\x05local\x00";
+        let mut msg = vec![0u8; 12];
+        msg.extend_from_slice(b"\x01a\x07Cluster\x05LOCAL\x00");
+        assert!(name_is_under_domain(&msg, 12, domain));
+        assert!(name_is_under_domain(&msg, 14, domain), "the domain itself");
+        for other in [
+            &b"\x08xcluster\x05local\x00"[..],
+            b"\x07cluster\x05local\x03com\x00",
+            b"\x05local\x00",
+            b"\x00",
+            b"\x01a\xc0\x0c",           // a pointer: not a question's name
+            b"\x01a\x07cluster\x05loc", // runs off the message
+            b"\x08a\x07clus",           // a label past the end
+        ] {
+            let mut msg = vec![0u8; 12];
+            msg.extend_from_slice(other);
+            assert!(!name_is_under_domain(&msg, 12, domain), "{other:?}");
+        }
+        assert!(!name_is_under_domain(&msg, 99, domain));
+    }
 
     #[test]
     fn names_compare_across_pointers_and_case() {

@@ -144,7 +144,12 @@ fn records(m: &Message) -> Vec<String> {
 #[tokio::test]
 async fn answers_through_dnscore_match_knotd() {
     let Some(knot) = Knot::start() else { return };
-    let resolver = Resolver::builder().upstream(knot.addr).build().unwrap();
+    // The answers as knotd gives them: no TTL floor for the cluster's names (below: with).
+    let resolver = Resolver::builder()
+        .upstream(knot.addr)
+        .cluster_min_ttl(0)
+        .build()
+        .unwrap();
     let cases = [
         ("my-svc.default.svc.cluster.local.", RecordType::A),
         ("My-Svc.Default.SVC.cluster.local.", RecordType::AAAA),
@@ -207,6 +212,21 @@ async fn answers_through_dnscore_match_knotd() {
     assert!(
         nx.authorities.iter().all(|r| r.ttl <= 10),
         "negative TTL = SOA MINIMUM"
+    );
+    // By default the cluster's names are kept at least 30 s, NXDOMAINs too.
+    let floored = Resolver::builder().upstream(knot.addr).build().unwrap();
+    let nx = Message::from_vec(
+        &floored
+            .resolve(&query("nope.default.svc.cluster.local.", RecordType::A))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+    assert!(
+        nx.authorities.iter().all(|r| (29..=30).contains(&r.ttl)),
+        "the cluster floor: {:?}",
+        nx.authorities
     );
 
     // knotd's large answer reached dnscore over TCP; a 1232-byte UDP client gets TC=1.

@@ -15,6 +15,12 @@ pub(super) fn sidecar_container(options: &InjectOptions) -> Mapping {
     }
     args.push(format!("--metrics-listen={}", options.metrics_listen));
     args.push(format!("--lameduck={}", duration_arg(options.lameduck)));
+    // The sidecar's TTL floor for the cluster's names (`cluster-min-ttl`) follows the
+    // cluster domain.
+    let domain = options.cluster_domain.trim_end_matches('.');
+    if !domain.eq_ignore_ascii_case(dnscore::defaults::CLUSTER_DOMAIN) {
+        args.push(format!("--cluster-domain={domain}"));
+    }
     if let Some(capacity) = options.cache_capacity {
         args.push(format!("--cache-capacity={capacity}"));
     }

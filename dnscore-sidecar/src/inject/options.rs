@@ -83,7 +83,7 @@ impl Default for InjectOptions {
             )],
             discover: None,
             namespace: "default".to_owned(),
-            cluster_domain: "cluster.local".to_owned(),
+            cluster_domain: dnscore::defaults::CLUSTER_DOMAIN.to_owned(),
             ndots: None,
             lameduck: crate::config::DEFAULT_LAMEDUCK,
             metrics_listen: SocketAddr::new(
@@ -143,14 +143,16 @@ impl InjectOptions {
         if self.ndots.is_some_and(|n| n > MAX_NDOTS) {
             return invalid("ndots", "resolv.conf caps ndots at 15");
         }
-        for (option, value) in [
-            ("image", &self.image),
-            ("namespace", &self.namespace),
-            ("cluster_domain", &self.cluster_domain),
-        ] {
+        for (option, value) in [("image", &self.image), ("namespace", &self.namespace)] {
             if value.trim().is_empty() {
                 return invalid(option, "must not be empty");
             }
+        }
+        // The sidecar's own reading of it (its `--cluster-domain`).
+        if let Err(e) =
+            dnscore::ResolverBuilder::default().set("cluster-domain", &self.cluster_domain)
+        {
+            return invalid("cluster_domain", &e.to_string());
         }
         Ok(())
     }
