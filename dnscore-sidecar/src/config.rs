@@ -209,6 +209,10 @@ pub struct InjectionFlags {
     /// The sidecar's cache capacity [default: the sidecar's].
     #[arg(long)]
     pub cache_capacity: Option<usize>,
+    /// The sidecar's TTL floor for the cluster's names, whole seconds, 0 for none [default: the
+    /// sidecar's, 30].
+    #[arg(long, value_parser = whole_seconds)]
+    pub cluster_min_ttl: Option<u32>,
     /// A nameserver after 127.0.0.1 in the pod's resolv.conf (the cluster DNS Service IP),
     /// for lookups while the sidecar restarts; off by default: musl (Alpine) would ask it for
     /// every name as well.
@@ -248,10 +252,19 @@ impl InjectionFlags {
         if self.cache_capacity.is_some() {
             o.cache_capacity = self.cache_capacity;
         }
+        if self.cluster_min_ttl.is_some() {
+            o.cluster_min_ttl = self.cluster_min_ttl;
+        }
         o.fallback_nameserver = self.fallback_nameserver;
         o.unprivileged_port_sysctl = !self.no_unprivileged_port_sysctl;
         o
     }
+}
+
+/// Whole seconds for a flag (`30`, `30s`, `1m`).
+fn whole_seconds(text: &str) -> Result<u32, String> {
+    crate::inject::parse_seconds(text)
+        .ok_or_else(|| format!("{text:?} is not whole seconds (30, 30s, 1m)"))
 }
 
 /// The settings, each optional so that the sources can be merged.

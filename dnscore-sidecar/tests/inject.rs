@@ -342,7 +342,10 @@ fn another_cluster_domain_reaches_the_search_list_and_the_sidecars_ttl_floor() {
         )
     };
     let (search, default_args) = args(&InjectOptions::default());
-    assert!(search.contains(&"svc.cluster.local".to_owned()), "{search:?}");
+    assert!(
+        search.contains(&"svc.cluster.local".to_owned()),
+        "{search:?}"
+    );
     assert!(
         !default_args
             .iter()
@@ -352,8 +355,14 @@ fn another_cluster_domain_reaches_the_search_list_and_the_sidecars_ttl_floor() {
         cluster_domain: "kube.example".to_owned(),
         ..InjectOptions::default()
     });
-    assert!(search.contains(&"svc.kube.example".to_owned()), "{search:?}");
-    assert!(!search.iter().any(|d| d.ends_with("cluster.local")), "{search:?}");
+    assert!(
+        search.contains(&"svc.kube.example".to_owned()),
+        "{search:?}"
+    );
+    assert!(
+        !search.iter().any(|d| d.ends_with("cluster.local")),
+        "{search:?}"
+    );
     assert!(other_args.contains(&"--cluster-domain=kube.example".to_owned()));
     let bad = InjectOptions {
         cluster_domain: "kube..example".to_owned(),

@@ -289,6 +289,7 @@ async fn annotations_change_the_sidecar_and_a_bad_one_is_a_warning() {
     tuned["metadata"]["annotations"] = json!({
         "dnscore.io/upstream": "10.0.0.53,10.0.1.53:5353",
         "dnscore.io/cache-capacity": "2000",
+        "dnscore.io/cluster-min-ttl": "0",
         "dnscore.io/ndots": "2",
         "dnscore.io/lameduck": "3s",
         "dnscore.io/image": "registry.internal/dnscore:0.1.0",
@@ -308,6 +309,7 @@ async fn annotations_change_the_sidecar_and_a_bad_one_is_a_warning() {
         "--upstream=10.0.0.53:53",
         "--upstream=10.0.1.53:5353",
         "--cache-capacity=2000",
+        "--cluster-min-ttl=0",
         "--lameduck=3s",
         "--discover=coredns-pods",
     ] {

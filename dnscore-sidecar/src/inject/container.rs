@@ -24,6 +24,9 @@ pub(super) fn sidecar_container(options: &InjectOptions) -> Mapping {
     if let Some(capacity) = options.cache_capacity {
         args.push(format!("--cache-capacity={capacity}"));
     }
+    if let Some(seconds) = options.cluster_min_ttl {
+        args.push(format!("--cluster-min-ttl={seconds}"));
+    }
     let port = i64::from(options.metrics_listen.port());
     let probe = |path: &str, period: i64, failures: i64| {
         yaml(&[

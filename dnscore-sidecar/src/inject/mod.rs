@@ -44,6 +44,7 @@ mod stream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub(crate) use options::parse_seconds;
 pub use options::{ANNOTATION_PREFIX, AnnotationError, InjectOptions, OPTION_ANNOTATIONS};
 pub use report::{InjectReport, ObjectReport, Outcome, SkipReason};
 pub use stream::inject;

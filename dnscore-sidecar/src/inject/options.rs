@@ -10,10 +10,11 @@ use super::{DEFAULT_IMAGE, InjectError, MAX_NDOTS};
 /// [`InjectOptions::with_annotations`]).
 pub const ANNOTATION_PREFIX: &str = "dnscore.io/";
 /// The options a pod's annotations may set, `dnscore.io/<name>`.
-pub const OPTION_ANNOTATIONS: [&str; 8] = [
+pub const OPTION_ANNOTATIONS: [&str; 9] = [
     "upstream",
     "discover",
     "cache-capacity",
+    "cluster-min-ttl",
     "ndots",
     "lameduck",
     "image",
@@ -52,6 +53,10 @@ pub struct InjectOptions {
     pub metrics_listen: SocketAddr,
     /// Cached answers at most (`--cache-capacity`). Default: none, the sidecar's default.
     pub cache_capacity: Option<usize>,
+    /// The sidecar's TTL floor for the cluster's names, in seconds (`--cluster-min-ttl`; 0 for
+    /// none, e.g. for a workload that follows a headless Service whose pods change often).
+    /// Default: none, the sidecar's default (30 s).
+    pub cluster_min_ttl: Option<u32>,
     /// The sidecar's CPU request. Default: `25m`.
     pub cpu_request: String,
     /// The sidecar's memory request. Default: `32Mi`.
@@ -91,6 +96,7 @@ impl Default for InjectOptions {
                 crate::config::METRICS_PORT,
             ),
             cache_capacity: None,
+            cluster_min_ttl: None,
             cpu_request: "25m".to_owned(),
             memory_request: "32Mi".to_owned(),
             memory_limit: "64Mi".to_owned(),
@@ -159,7 +165,8 @@ impl InjectOptions {
 
     /// These options with a pod's annotations applied: `dnscore.io/upstream` (`IP[:PORT]`,
     /// comma-separated; replaces the upstreams), `dnscore.io/discover` (a Service name, or
-    /// empty for none), `dnscore.io/cache-capacity`, `dnscore.io/ndots`,
+    /// empty for none), `dnscore.io/cache-capacity`, `dnscore.io/cluster-min-ttl` (whole
+    /// seconds, `0` for none), `dnscore.io/ndots`,
     /// `dnscore.io/lameduck` (`5s`, `1500ms`, at most the sidecar's maximum),
     /// `dnscore.io/image`, `dnscore.io/metrics-listen` (`IP:PORT`) and
     /// `dnscore.io/fallback-nameserver` (an IP, or `none`). Other annotations are ignored, but an unknown one under
@@ -206,6 +213,12 @@ impl InjectOptions {
                             .ok_or_else(|| bad("expected a count of answers"))?,
                     );
                 }
+                "cluster-min-ttl" => {
+                    options.cluster_min_ttl = Some(
+                        parse_seconds(value)
+                            .ok_or_else(|| bad("expected whole seconds such as 30 or 30s"))?,
+                    );
+                }
                 "ndots" => {
                     options.ndots = Some(value.parse().map_err(|_| bad("expected a number 0-15"))?);
                 }
@@ -239,6 +252,14 @@ impl InjectOptions {
         })?;
         Ok((options, unknown))
     }
+}
+
+/// Whole seconds, as the sidecar reads `--cluster-min-ttl` (`30`, `30s`, `1m`).
+pub(crate) fn parse_seconds(text: &str) -> Option<u32> {
+    let d = dnscore::settings::parse_duration(text)?;
+    (d.subsec_nanos() == 0)
+        .then(|| u32::try_from(d.as_secs()).ok())
+        .flatten()
 }
 
 /// Whether `name` is a DNS name a Service can have (`coredns`, `kube-dns.kube-system.svc`).
@@ -316,6 +337,7 @@ mod tests {
             .with_annotations([
                 ("dnscore.io/upstream", "10.96.0.10, 10.0.0.2:5353"),
                 ("dnscore.io/cache-capacity", "500"),
+                ("dnscore.io/cluster-min-ttl", "0"),
                 ("dnscore.io/ndots", "2"),
                 ("dnscore.io/lameduck", "1500ms"),
                 ("dnscore.io/image", "registry.local/dnscore:1"),
@@ -333,6 +355,7 @@ mod tests {
             ]
         );
         assert_eq!(options.cache_capacity, Some(500));
+        assert_eq!(options.cluster_min_ttl, Some(0));
         assert_eq!(options.ndots, Some(2));
         assert_eq!(options.lameduck, Duration::from_millis(1500));
         assert_eq!(options.image, "registry.local/dnscore:1");
@@ -346,6 +369,8 @@ mod tests {
             ("dnscore.io/ndots", "-1"),
             ("dnscore.io/lameduck", "soon"),
             ("dnscore.io/cache-capacity", "lots"),
+            ("dnscore.io/cluster-min-ttl", "1.5s"),
+            ("dnscore.io/cluster-min-ttl", "-5"),
             ("dnscore.io/image", " "),
             ("dnscore.io/discover", "coredns pods"),
             ("dnscore.io/metrics-listen", "9154"),
