@@ -501,16 +501,12 @@ impl ResolverBuilder {
 
     /// The cluster domain in wire form, lower case. Errors: [`Error::InvalidName`].
     fn cluster_domain_wire(&self) -> Result<Box<[u8]>, Error> {
-        let invalid = || Error::InvalidName(Arc::from(self.cluster_domain.as_str()));
-        let name =
-            Name::from_utf8(self.cluster_domain.trim_end_matches('.')).map_err(|_| invalid())?;
-        if name.is_root() {
-            return Err(invalid());
-        }
-        let mut wire = Vec::with_capacity(name.len() + 1);
-        for label in name.to_lowercase().iter() {
-            wire.push(label.len() as u8); // at most 63
-            wire.extend_from_slice(label);
+        let name = crate::settings::parse_domain(&self.cluster_domain)
+            .ok_or_else(|| Error::InvalidName(Arc::from(self.cluster_domain.as_str())))?;
+        let mut wire = Vec::with_capacity(name.len() + 2);
+        for label in name.split('.') {
+            wire.push(label.len() as u8); // 1 to 63
+            wire.extend_from_slice(label.as_bytes());
         }
         wire.push(0);
         Ok(wire.into_boxed_slice())

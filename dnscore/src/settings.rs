@@ -207,6 +207,19 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+/// Parses a domain name: letters, digits, `-` and `_` in labels of 1 to 63 bytes, under 254
+/// in all, an optional trailing dot; returned in lower case without the dot.
+pub(crate) fn parse_domain(text: &str) -> Option<String> {
+    let name = text.strip_suffix('.').unwrap_or(text);
+    let good_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    (!name.is_empty() && name.len() < 254 && name.split('.').all(good_label))
+        .then(|| name.to_ascii_lowercase())
+}
+
 /// How each kind of value is read and written.
 mod value {
     use super::*;
@@ -277,17 +290,8 @@ mod value {
     }
 
     pub(super) mod domain {
-        /// A name of letters, digits, `-` and `_` in labels of 1 to 63, under 254 in all;
-        /// kept in lower case and without a trailing dot.
         pub(crate) fn parse(text: &str) -> Option<String> {
-            let name = text.strip_suffix('.').unwrap_or(text);
-            let good_label = |l: &str| {
-                (1..=63).contains(&l.len())
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            };
-            (!name.is_empty() && name.len() < 254 && name.split('.').all(good_label))
-                .then(|| name.to_ascii_lowercase())
+            super::parse_domain(text)
         }
         pub(crate) fn show(v: &String) -> String {
             v.clone()

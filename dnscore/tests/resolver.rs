@@ -620,6 +620,25 @@ fn builder_rejects_bad_settings() {
             .build(),
         Err(Error::Config(_))
     ));
+    for bad in ["", ".", "kube..example", "a b"] {
+        assert!(
+            matches!(
+                Resolver::builder().upstream(up).cluster_domain(bad).build(),
+                Err(Error::InvalidName(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(
+        Resolver::builder()
+            .upstream(up)
+            .cluster_domain("Kube.Example.")
+            .build()
+            .is_ok()
+    );
+    // A floor above the ceiling is not an error: the ceiling wins (with --max-ttl 10 set
+    // alone, the default floor of 30 s must not make the configuration invalid).
+    assert!(Resolver::builder().upstream(up).max_ttl(10).build().is_ok());
 }
 
 /// A TCP connection that dies with the query on it (a CoreDNS pod evicted mid-stream): the
