@@ -293,8 +293,8 @@ mod value {
         pub(crate) fn parse(text: &str) -> Option<String> {
             super::parse_domain(text)
         }
-        pub(crate) fn show(v: &String) -> String {
-            v.clone()
+        pub(crate) fn show(v: &str) -> String {
+            v.to_owned()
         }
     }
 
