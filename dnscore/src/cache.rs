@@ -124,13 +124,19 @@ impl Entry {
     #[inline]
     pub(crate) fn freshness(&self, age: Duration, max_stale: Duration) -> Option<Freshness> {
         let lifetime = Duration::from_secs(u64::from(self.lifetime));
-        if age.as_secs() < u64::from(self.lifetime) {
+        if self.is_fresh(age) {
             Some(Freshness::Fresh)
         } else if age.saturating_sub(lifetime) < max_stale {
             Some(Freshness::Stale)
         } else {
             None
         }
+    }
+
+    /// Whether it is within its TTL at `age`.
+    #[inline]
+    pub(crate) fn is_fresh(&self, age: Duration) -> bool {
+        age.as_secs() < u64::from(self.lifetime)
     }
 
     /// Whether a client asking at `now` should trigger a background refresh: the entry is
@@ -167,8 +173,9 @@ impl Entry {
         self.state.fetch_or(GONE, Ordering::Relaxed);
     }
 
-    /// Whether the cache no longer holds it.
-    fn is_gone(&self) -> bool {
+    /// Whether the cache no longer holds it (evicted or replaced): a memo of it must not
+    /// be used.
+    pub(crate) fn is_gone(&self) -> bool {
         self.state.load(Ordering::Relaxed) & GONE != 0
     }
 
@@ -313,7 +320,7 @@ impl AnswerCache {
         &self,
         key: &[u8],
         now: Instant,
-        hit: impl FnOnce(&Entry, Duration) -> R,
+        hit: impl FnOnce(&Arc<Entry>, Duration) -> R,
     ) -> Result<R, Option<Arc<Entry>>> {
         let slot = memo_slot(key);
         let mut hit = Some(hit);
@@ -355,6 +362,11 @@ impl AnswerCache {
             Some((stale, Freshness::Stale, _)) => Err(Some(stale)),
             None => Err(None),
         }
+    }
+
+    /// Tells this cache from others in a thread's memos.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// Remembers that every upstream failed `key` at `now`.

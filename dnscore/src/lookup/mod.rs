@@ -2,7 +2,11 @@
 //! same path as wire queries (cache, dedup, pool), and parse the answer with hickory-proto.
 //! Names are looked up as glibc looks them up: the hosts file first, then the candidates
 //! the search list and `ndots` make, each an ordinary cached query (so a short name's
-//! negative answers are cached too, and its tenth lookup sends nothing upstream).
+//! negative answers are cached too, and its tenth lookup sends nothing upstream). A thread
+//! that looks a name up again gets the records it built last time, while they still hold
+//! ([`memo`]).
+
+mod memo;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,10 +23,10 @@ use crate::query::{self, KeyBuf};
 use crate::resolver::Resolver;
 use crate::wire::{self, MAX_MESSAGE_LEN, MAX_NAME_LEN, rcode};
 
-/// The records that answered a [`Resolver::lookup`].
+/// The records that answered a [`Resolver::lookup`]. Clones share the records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
-    records: Vec<Record>,
+    records: Arc<[Record]>,
 }
 
 impl Lookup {
@@ -103,20 +107,26 @@ impl Resolver {
     /// - Each candidate's answer, negative ones included, is cached like any answer, so a
     ///   repeated lookup of a short name costs cache hits only.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, Error> {
-        let parsed = parse_name(name)?;
-        if let Some(found) = self.hosts_records(name, &parsed, rtype) {
+        if let Some(found) = self.hosts_records(name, rtype) {
+            return found;
+        }
+        let cache = self.inner.cache.id();
+        let now = tokio::time::Instant::now();
+        let memoized = memo::get(cache, name, u16::from(rtype), now, |key, entry, age| {
+            self.on_hit(key, entry, age);
+        });
+        if let Some(found) = memoized {
             return Ok(found);
         }
-        let wanted = |l: &Lookup| match rtype {
-            RecordType::CNAME | RecordType::ANY => !l.records.is_empty(),
-            _ => l.records.iter().any(|r| r.record_type() == rtype),
-        };
+        let parsed = parse_name(name)?;
         // The first candidate that exists without such records (NODATA), if no later one
         // has them.
         let mut nodata = None;
-        for candidate in self.inner.names.candidates(&parsed) {
-            match self.lookup_name(&candidate, rtype).await {
-                Ok(l) if wanted(&l) => return Ok(l),
+        for (i, candidate) in self.inner.names.candidates(&parsed).enumerate() {
+            // The first candidate's answer is kept for this thread's next lookup of `name`.
+            let memo_as = (i == 0).then_some(name);
+            match self.lookup_name(&candidate, rtype, memo_as).await {
+                Ok(l) if answers(&l, rtype) => return Ok(l),
                 Ok(l) => _ = nodata.get_or_insert(l),
                 Err(Error::NxDomain) => {}
                 // The name exists (as glibc, a failure after a NODATA reports the NODATA).
@@ -126,13 +136,17 @@ impl Resolver {
         nodata.ok_or(Error::NxDomain)
     }
 
-    /// The records the hosts file gives `name`, for A and AAAA.
-    fn hosts_records(&self, name: &str, parsed: &Name, rtype: RecordType) -> Option<Lookup> {
+    /// The records the hosts file gives `name`, for A and AAAA (an error if `name` is
+    /// invalid).
+    fn hosts_records(&self, name: &str, rtype: RecordType) -> Option<Result<Lookup, Error>> {
         if !matches!(rtype, RecordType::A | RecordType::AAAA) {
             return None;
         }
         let found = self.inner.names.hosts.as_ref()?.lookup(name)?;
-        let mut owner = parsed.clone();
+        let mut owner = match parse_name(name) {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(e)),
+        };
         owner.set_fqdn(true);
         let records: Vec<Record> = found
             .into_iter()
@@ -143,20 +157,37 @@ impl Resolver {
             })
             .map(|data| Record::from_rdata(owner.clone(), 0, data))
             .collect();
-        (!records.is_empty()).then_some(Lookup { records })
+        (!records.is_empty()).then(|| {
+            Ok(Lookup {
+                records: records.into(),
+            })
+        })
     }
 
     /// One name, asked as it is (`fqdn` is absolute). The key is built from the name
     /// directly; a fresh hit is read through the thread's memo, anything else goes to the
-    /// upstreams with what the cache had (the key is looked up once).
-    async fn lookup_name(&self, fqdn: &Name, rtype: RecordType) -> Result<Lookup, Error> {
+    /// upstreams with what the cache had (the key is looked up once). A fresh hit with
+    /// records of `rtype` is kept in the thread's lookup memo under `memo_as`, if given.
+    async fn lookup_name(
+        &self,
+        fqdn: &Name,
+        rtype: RecordType,
+        memo_as: Option<&str>,
+    ) -> Result<Lookup, Error> {
         let key = KeyBuf::for_lookup(fqdn.iter(), u16::from(rtype))
             .ok_or_else(|| Error::InvalidName(Arc::from(fqdn.to_string())))?;
         let key = key.as_bytes();
         let now = tokio::time::Instant::now();
-        let hit = self.inner.cache.with_fresh(key, now, |answer, age| {
+        let cache = &self.inner.cache;
+        let hit = cache.with_fresh(key, now, |answer, age| {
             self.on_hit(key, answer, age);
-            records_of(answer, fqdn, rtype, age, false)
+            let found = records_of(answer, fqdn, rtype, age, false);
+            if let (Some(name), Ok(l)) = (memo_as, &found)
+                && answers(l, rtype)
+            {
+                memo::put(cache.id(), name, u16::from(rtype), key, answer, age, l);
+            }
+            found
         });
         let stale = match hit {
             Ok(found) => return found,
@@ -198,8 +229,8 @@ impl Resolver {
         let mut nodata = false;
         for candidate in self.inner.names.candidates(&parsed) {
             let (v4, v6) = tokio::join!(
-                self.lookup_name(&candidate, RecordType::A),
-                self.lookup_name(&candidate, RecordType::AAAA)
+                self.lookup_name(&candidate, RecordType::A, None),
+                self.lookup_name(&candidate, RecordType::AAAA, None)
             );
             let found: Vec<IpAddr> = [&v4, &v6]
                 .into_iter()
@@ -221,6 +252,15 @@ impl Resolver {
         } else {
             Err(Error::NxDomain)
         }
+    }
+}
+
+/// Whether `l` answers a lookup of `rtype`: it has records of that type (or, for CNAME and
+/// ANY, any record).
+fn answers(l: &Lookup, rtype: RecordType) -> bool {
+    match rtype {
+        RecordType::CNAME | RecordType::ANY => !l.records.is_empty(),
+        _ => l.records.iter().any(|r| r.record_type() == rtype),
     }
 }
 
@@ -247,7 +287,7 @@ fn records_of(
     let mut out = Vec::new();
     answer.write_aged(&q, age, MAX_MESSAGE_LEN, stale, &mut out);
     Ok(Lookup {
-        records: answer_records(&out).ok_or(Error::BadAnswer)?,
+        records: answer_records(&out).ok_or(Error::BadAnswer)?.into(),
     })
 }
 
