@@ -633,7 +633,7 @@ mod tests {
         assert!(entry.claim_prefetch(age(100_600)));
         assert!(entry.refresh_blocked(at(130_499), window));
         assert!(!entry.refresh_blocked(at(130_500), window));
-        // A failure past the 24.8 days the state holds is taken as that old: not blocked.
+        // A failure past the 3.1 days the state holds is taken as that old: not blocked.
         let late = at(30 * 86_400_000);
         entry.refresh_failed_at(late);
         assert!(!entry.refresh_blocked(late, window));

@@ -820,6 +820,16 @@ async fn repeated_lookups_count_down_and_follow_a_refreshed_entry() {
     assert_eq!(ip, IpAddr::from([192, 0, 2, 51]), "the refreshed entry");
     assert!(ttl >= 9, "{ttl}");
     assert_eq!(up.queries("memo.test.", Proto::Udp), 2);
+
+    // lookup_ip the same way: both families, each a hit, nothing sent.
+    let both = vec![IpAddr::from([192, 0, 2, 1]), "2001:db8::1".parse().unwrap()];
+    assert_eq!(r.lookup_ip("a.test").await.unwrap(), both);
+    let (hits, sent) = (r.stats().cache_hits, up.total_queries());
+    for _ in 0..3 {
+        assert_eq!(r.lookup_ip("a.test").await.unwrap(), both);
+    }
+    assert_eq!(r.stats().cache_hits, hits + 6);
+    assert_eq!(up.total_queries(), sent);
 }
 
 /// A resolver shared by two runtimes: the TCP connection opened from one dies with it (its

@@ -110,22 +110,21 @@ impl Resolver {
         if let Some(found) = self.hosts_records(name, rtype) {
             return found;
         }
-        let cache = self.inner.cache.id();
-        let now = tokio::time::Instant::now();
-        let memoized = memo::get(cache, name, u16::from(rtype), now, |key, entry, age| {
-            self.on_hit(key, entry, age);
-        });
-        if let Some(found) = memoized {
-            return Ok(found);
+        let mut first = self.memoized(name, rtype, tokio::time::Instant::now());
+        if let Some(l) = &first
+            && answers(l, rtype)
+        {
+            return Ok(l.clone());
         }
         let parsed = parse_name(name)?;
         // The first candidate that exists without such records (NODATA), if no later one
         // has them.
         let mut nodata = None;
         for (i, candidate) in self.inner.names.candidates(&parsed).enumerate() {
-            // The first candidate's answer is kept for this thread's next lookup of `name`.
-            let memo_as = (i == 0).then_some(name);
-            match self.lookup_name(&candidate, rtype, memo_as).await {
+            match self
+                .first_or_lookup(&mut first, name, i, &candidate, rtype)
+                .await
+            {
                 Ok(l) if answers(&l, rtype) => return Ok(l),
                 Ok(l) => _ = nodata.get_or_insert(l),
                 Err(Error::NxDomain) => {}
@@ -164,10 +163,43 @@ impl Resolver {
         })
     }
 
+    /// This thread's last lookup of the first candidate of `name` (see [`memo`]), if it
+    /// still holds at `now`; a hit is counted.
+    fn memoized(&self, name: &str, rtype: RecordType, now: tokio::time::Instant) -> Option<Lookup> {
+        memo::get(
+            self.inner.cache.id(),
+            name,
+            u16::from(rtype),
+            now,
+            |key, entry, age| {
+                self.on_hit(key, entry, age);
+            },
+        )
+    }
+
+    /// The `i`th candidate of `name`: the first one from `first` if the memo had it, else
+    /// looked up (and the first one's fresh hit memoized).
+    async fn first_or_lookup(
+        &self,
+        first: &mut Option<Lookup>,
+        name: &str,
+        i: usize,
+        candidate: &Name,
+        rtype: RecordType,
+    ) -> Result<Lookup, Error> {
+        match first.take() {
+            Some(l) if i == 0 => Ok(l),
+            _ => {
+                let memo_as = (i == 0).then_some(name);
+                self.lookup_name(candidate, rtype, memo_as).await
+            }
+        }
+    }
+
     /// One name, asked as it is (`fqdn` is absolute). The key is built from the name
     /// directly; a fresh hit is read through the thread's memo, anything else goes to the
-    /// upstreams with what the cache had (the key is looked up once). A fresh hit with
-    /// records of `rtype` is kept in the thread's lookup memo under `memo_as`, if given.
+    /// upstreams with what the cache had (the key is looked up once). A fresh hit is kept
+    /// in the thread's lookup memo under `memo_as`, if given.
     async fn lookup_name(
         &self,
         fqdn: &Name,
@@ -182,9 +214,7 @@ impl Resolver {
         let hit = cache.with_fresh(key, now, |answer, age| {
             self.on_hit(key, answer, age);
             let found = records_of(answer, fqdn, rtype, age, false);
-            if let (Some(name), Ok(l)) = (memo_as, &found)
-                && answers(l, rtype)
-            {
+            if let (Some(name), Ok(l)) = (memo_as, &found) {
                 memo::put(cache.id(), name, u16::from(rtype), key, answer, age, l);
             }
             found
@@ -209,33 +239,43 @@ impl Resolver {
     /// NXDOMAIN (an empty list when one exists without addresses); else the failure that
     /// ended the search ([`Error::NoAnswer`], ...).
     pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, Error> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        // (Only what could be an IP literal is parsed as one: a host name seldom is.)
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+            && let Ok(ip) = host.parse::<IpAddr>()
+        {
             return Ok(vec![ip]);
         }
-        let parsed = parse_name(host)?;
         if let Some(hosts) = &self.inner.names.hosts
             && let Some(ips) = hosts.lookup(host)
         {
+            parse_name(host)?;
             return Ok(ips);
         }
-        let addrs = |l: &Lookup| -> Vec<IpAddr> {
-            l.records
-                .iter()
-                .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-                .filter_map(|r| r.data.ip_addr())
-                .collect()
-        };
+        let now = tokio::time::Instant::now();
+        let mut first_v4 = self.memoized(host, RecordType::A, now);
+        let mut first_v6 = first_v4
+            .as_ref()
+            .and_then(|_| self.memoized(host, RecordType::AAAA, now));
+        if let (Some(v4), Some(v6)) = (&first_v4, &first_v6) {
+            let found: Vec<IpAddr> = [v4, v6].into_iter().flat_map(addresses).collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        let parsed = parse_name(host)?;
         // Whether a candidate exists without addresses (NODATA for both families).
         let mut nodata = false;
-        for candidate in self.inner.names.candidates(&parsed) {
+        for (i, candidate) in self.inner.names.candidates(&parsed).enumerate() {
             let (v4, v6) = tokio::join!(
-                self.lookup_name(&candidate, RecordType::A, None),
-                self.lookup_name(&candidate, RecordType::AAAA, None)
+                self.first_or_lookup(&mut first_v4, host, i, &candidate, RecordType::A),
+                self.first_or_lookup(&mut first_v6, host, i, &candidate, RecordType::AAAA)
             );
             let found: Vec<IpAddr> = [&v4, &v6]
                 .into_iter()
                 .filter_map(|r| r.as_ref().ok())
-                .flat_map(addrs)
+                .flat_map(addresses)
                 .collect();
             if !found.is_empty() {
                 return Ok(found);
@@ -253,6 +293,14 @@ impl Resolver {
             Err(Error::NxDomain)
         }
     }
+}
+
+/// The addresses of `l`'s A and AAAA records.
+fn addresses(l: &Lookup) -> impl Iterator<Item = IpAddr> + '_ {
+    l.records
+        .iter()
+        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+        .filter_map(|r| r.data.ip_addr())
 }
 
 /// Whether `l` answers a lookup of `rtype`: it has records of that type (or, for CNAME and
