@@ -272,6 +272,8 @@ impl Answer {
             return false;
         };
         match self.message().get(HEADER_LEN..HEADER_LEN + question.len()) {
+            // As sent (the key's letters), unless the upstream was asked with 0x20.
+            Some(stored) if stored == question => true,
             // Label lengths (0..=63) are not letters: equal but for case means equal names.
             Some(stored) => {
                 stored[..name_len].eq_ignore_ascii_case(&question[..name_len])
