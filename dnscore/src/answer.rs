@@ -265,6 +265,29 @@ impl Answer {
         }
     }
 
+    /// Whether its question is `question` (a cache key's: the name lower-cased, type and
+    /// class), but for the letter case of the name (which an upstream may change: 0x20).
+    pub(crate) fn asks(&self, question: &[u8]) -> bool {
+        let Some(name_len) = question.len().checked_sub(4) else {
+            return false;
+        };
+        match self.message().get(HEADER_LEN..HEADER_LEN + question.len()) {
+            // As sent (the key's letters), unless the upstream was asked with 0x20.
+            Some(stored) if stored == question => true,
+            // Label lengths (0..=63) are not letters: equal but for case means equal names.
+            Some(stored) => {
+                stored[..name_len].eq_ignore_ascii_case(&question[..name_len])
+                    && stored[name_len..] == question[name_len..]
+            }
+            None => false,
+        }
+    }
+
+    /// Length of its question section (name, type and class).
+    pub(crate) fn question_len(&self) -> usize {
+        crate::wire::skip_name(self.message(), HEADER_LEN).map_or(0, |end| end + 4 - HEADER_LEN)
+    }
+
     /// The upstream's header flags.
     fn flags(&self) -> u16 {
         get_u16(self.message(), 2)

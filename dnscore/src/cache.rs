@@ -4,6 +4,10 @@
 //!
 //! Lookups hash the key bytes (built on the stack by `query::parse`) and take one shard's
 //! read lock inside quick_cache, never a lock shared by all threads; a hit clones an `Arc`.
+//! quick_cache holds an entry under that hash (a `u64`, keyed per cache), not under a copy
+//! of the key: the entry's own question and flags are the key, and are checked on every
+//! lookup, so that two keys of one hash are two misses, never one's answer for the other
+//! (a key of its own, boxed, cost 38 bytes per entry).
 //! A thread that hits an entry again finds it in its own memo (64 slots) and uses it
 //! without the lock or the clone, so that threads sharing a hot entry do not write its
 //! reference count on every hit; entries evicted or replaced are marked and never served
@@ -100,11 +104,12 @@ pub(crate) struct Entry {
     lifetime: u32,
     /// Bit 31 ([`PREFETCHED`]): a background refresh was started for it (prefetch happens
     /// once per entry). Bit 30 ([`GONE`]): the cache no longer holds it (evicted or
-    /// replaced), so a thread's memo of it must not be used. Bits 0-29: when a refresh of
-    /// this stale entry last failed, in ms after the answer arrived, + 1 (0 for never; at
-    /// most 12.4 days, past any entry's life with the default TTL ceiling and stale window):
-    /// refreshes are not retried for a while (RFC 8767 §4). One word, so that an entry and
-    /// its `Arc` fit 80 bytes.
+    /// replaced), so a thread's memo of it must not be used. Bits 28-29 ([`KEY_FLAGS`]):
+    /// the flags byte of the key it is cached under (set on insert). Bits 0-27: when a
+    /// refresh of this stale entry last failed, in ms after the answer arrived, + 1 (0 for
+    /// never; at most 3.1 days, past any entry's life with the default TTL ceiling and
+    /// stale window): refreshes are not retried for a while (RFC 8767 §4). One word, so
+    /// that an entry and its `Arc` fit 80 bytes.
     state: AtomicU32,
 }
 
@@ -112,8 +117,12 @@ pub(crate) struct Entry {
 const PREFETCHED: u32 = 1 << 31;
 /// [`Entry::state`]'s "no longer in the cache" bit.
 const GONE: u32 = 1 << 30;
+/// [`Entry::state`]'s key flags (the last byte of a key: DO and CD).
+const KEY_FLAGS: u32 = 3 << KEY_FLAGS_SHIFT;
+/// Where [`KEY_FLAGS`] start.
+const KEY_FLAGS_SHIFT: u32 = 28;
 /// [`Entry::state`]'s failed-refresh time.
-const FAILED_MS: u32 = GONE - 1;
+const FAILED_MS: u32 = (1 << KEY_FLAGS_SHIFT) - 1;
 
 impl Deref for Entry {
     type Target = Answer;
@@ -145,13 +154,19 @@ impl Entry {
     #[inline]
     pub(crate) fn freshness(&self, age: Duration, max_stale: Duration) -> Option<Freshness> {
         let lifetime = Duration::from_secs(u64::from(self.lifetime));
-        if age.as_secs() < u64::from(self.lifetime) {
+        if self.is_fresh(age) {
             Some(Freshness::Fresh)
         } else if age.saturating_sub(lifetime) < max_stale {
             Some(Freshness::Stale)
         } else {
             None
         }
+    }
+
+    /// Whether it is within its TTL at `age`.
+    #[inline]
+    pub(crate) fn is_fresh(&self, age: Duration) -> bool {
+        age.as_secs() < u64::from(self.lifetime)
     }
 
     /// Whether a client asking at `now` should trigger a background refresh: the entry is
@@ -183,13 +198,30 @@ impl Entry {
             });
     }
 
+    /// Whether it is the entry cached under `key`: its question is the key's (but for the
+    /// letter case of the name) and so are the flags it was inserted with.
+    fn is_for(&self, key: &[u8]) -> bool {
+        let Some((&flags, question)) = key.split_last() else {
+            return false;
+        };
+        let stored = (self.state.load(Ordering::Relaxed) & KEY_FLAGS) >> KEY_FLAGS_SHIFT;
+        stored == u32::from(flags) && self.answer.asks(question)
+    }
+
+    /// Notes the flags of the key it is cached under (see [`is_for`](Self::is_for)).
+    fn set_key_flags(&self, key: &[u8]) {
+        let flags = key.last().map_or(0, |&f| u32::from(f) << KEY_FLAGS_SHIFT) & KEY_FLAGS;
+        self.state.fetch_or(flags, Ordering::Relaxed);
+    }
+
     /// Marks it as no longer held by the cache.
     fn mark_gone(&self) {
         self.state.fetch_or(GONE, Ordering::Relaxed);
     }
 
-    /// Whether the cache no longer holds it.
-    fn is_gone(&self) -> bool {
+    /// Whether the cache no longer holds it (evicted or replaced): a memo of it must not
+    /// be used.
+    pub(crate) fn is_gone(&self) -> bool {
         self.state.load(Ordering::Relaxed) & GONE != 0
     }
 
@@ -210,9 +242,10 @@ impl Entry {
 #[derive(Clone, Copy, Debug)]
 struct AnswerWeighter;
 
-impl Weighter<Box<[u8]>, Arc<Entry>> for AnswerWeighter {
-    fn weight(&self, key: &Box<[u8]>, answer: &Arc<Entry>) -> u64 {
-        let bytes = key.len() + answer.len();
+impl Weighter<u64, Arc<Entry>> for AnswerWeighter {
+    fn weight(&self, _hash: &u64, answer: &Arc<Entry>) -> u64 {
+        // As if the key were stored too (its question and a flags byte).
+        let bytes = answer.question_len() + 1 + answer.len();
         bytes.div_ceil(usize::from(EDNS_UDP_SIZE)).max(1) as u64
     }
 }
@@ -230,10 +263,10 @@ pub(crate) enum Freshness {
 #[derive(Clone, Copy, Debug, Default)]
 struct MarkGone;
 
-impl quick_cache::Lifecycle<Box<[u8]>, Arc<Entry>> for MarkGone {
+impl quick_cache::Lifecycle<u64, Arc<Entry>> for MarkGone {
     type RequestState = ();
 
-    fn on_evict(&self, _: &mut (), _key: Box<[u8]>, entry: Arc<Entry>) {
+    fn on_evict(&self, _: &mut (), _hash: u64, entry: Arc<Entry>) {
         entry.mark_gone();
     }
 }
@@ -273,8 +306,10 @@ fn memo_slot(key: &[u8]) -> usize {
 
 /// Validated answers by key, and the questions that recently failed everywhere.
 pub(crate) struct AnswerCache {
-    entries:
-        Cache<Box<[u8]>, Arc<Entry>, AnswerWeighter, quick_cache::DefaultHashBuilder, MarkGone>,
+    /// By the hash of their key ([`hash`](Self::hash)).
+    entries: Cache<u64, Arc<Entry>, AnswerWeighter, quick_cache::DefaultHashBuilder, MarkGone>,
+    /// Hashes keys for `entries` (seeded at random: no one can choose keys that collide).
+    keys: quick_cache::DefaultHashBuilder,
     /// Tells this cache's entries in the threads' memos from other caches'.
     id: u64,
     /// Until when each recently failed question is answered SERVFAIL without asking
@@ -303,6 +338,7 @@ impl AnswerCache {
                 quick_cache::DefaultHashBuilder::default(),
                 MarkGone,
             ),
+            keys: quick_cache::DefaultHashBuilder::default(),
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             failures: Cache::new((capacity / 4).max(64)),
             policy,
@@ -318,10 +354,23 @@ impl AnswerCache {
         key: &[u8],
         now: Instant,
     ) -> Option<(Arc<Entry>, Freshness, Duration)> {
-        let entry = self.entries.get(key)?;
+        let entry = self.get(key)?;
         let age = entry.age(now);
         let freshness = entry.freshness(age, self.max_stale)?;
         Some((entry, freshness, age))
+    }
+
+    /// Where `entries` keeps the entry for `key`.
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        use std::hash::BuildHasher;
+        self.keys.hash_one(key)
+    }
+
+    /// The entry cached under `key`, whatever its age.
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
+        self.entries.get(&self.hash(key)).filter(|e| e.is_for(key))
     }
 
     /// Runs `hit` on the fresh entry for `key` at `now` (with its age), from this thread's
@@ -334,7 +383,7 @@ impl AnswerCache {
         &self,
         key: &[u8],
         now: Instant,
-        hit: impl FnOnce(&Entry, Duration) -> R,
+        hit: impl FnOnce(&Arc<Entry>, Duration) -> R,
     ) -> Result<R, Option<Arc<Entry>>> {
         let slot = memo_slot(key);
         let mut hit = Some(hit);
@@ -378,6 +427,11 @@ impl AnswerCache {
         }
     }
 
+    /// Tells this cache from others in a thread's memos.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Remembers that every upstream failed `key` at `now`.
     pub(crate) fn insert_failure(&self, key: &[u8], now: Instant) {
         if !self.failure_ttl.is_zero() {
@@ -398,11 +452,18 @@ impl AnswerCache {
     /// Keeps `answer` if the policy gave it a lifetime, and forgets any recent failure.
     pub(crate) fn insert(&self, key: &[u8], entry: &Arc<Entry>) {
         if entry.lifetime > 0 {
-            // The entry it replaces is marked, so that no thread's memo serves it on.
-            if let Some(old) = self.entries.peek(key) {
+            let hash = self.hash(key);
+            // The entry it replaces is marked, so that no thread's memo serves it on (also
+            // one of another key of the same hash, which this one evicts).
+            if let Some(old) = self.entries.peek(&hash) {
                 old.mark_gone();
             }
-            self.entries.insert(key.into(), Arc::clone(entry));
+            entry.set_key_flags(key);
+            debug_assert!(
+                entry.is_for(key),
+                "an entry is cached under its own question"
+            );
+            self.entries.insert(hash, Arc::clone(entry));
         }
         if !self.failures.is_empty() {
             self.failures.remove(key);
@@ -688,7 +749,7 @@ mod tests {
         assert!(entry.claim_prefetch(age(100_600)));
         assert!(entry.refresh_blocked(at(130_499), window));
         assert!(!entry.refresh_blocked(at(130_500), window));
-        // A failure past the 24.8 days the state holds is taken as that old: not blocked.
+        // A failure past the 3.1 days the state holds is taken as that old: not blocked.
         let late = at(30 * 86_400_000);
         entry.refresh_failed_at(late);
         assert!(!entry.refresh_blocked(late, window));
@@ -760,11 +821,43 @@ mod tests {
             let (k, e) = entry_for(&format!("other{i}.test."), 300, [10, 0, 2, i]);
             tiny.insert(&k, &e);
         }
-        assert!(
-            tiny.entries.get(k1.as_slice()).is_none(),
-            "evicted from the cache"
-        );
+        assert!(tiny.get(&k1).is_none(), "evicted from the cache");
         assert_eq!(fresh_ip(&tiny, &k1), None, "and not served from the memo");
+    }
+
+    #[test]
+    fn an_entry_is_found_only_under_its_own_key() {
+        // The cache finds entries by a hash of the key; the entry itself must be the key's:
+        // the question (the name but for case: an upstream may echo 0x20 letters) and the
+        // flags it was inserted with.
+        let cache = AnswerCache::new(10, POLICY, Duration::ZERO, Duration::ZERO);
+        let (key, entry) = entry_for("Mixed.Test.", 300, [10, 0, 0, 1]);
+        assert!(
+            key.starts_with(b"\x05mixed\x04test\x00"),
+            "keys are lower-cased"
+        );
+        cache.insert(&key, &entry);
+        assert!(entry.is_for(&key));
+        assert_eq!(fresh_ip(&cache, &key), Some([10, 0, 0, 1].into()));
+        let changed = |at: usize, byte: u8| {
+            let mut k = key.clone();
+            k[at] = byte;
+            k
+        };
+        let last = key.len() - 1;
+        for other in [
+            changed(last, 1),      // DO set
+            changed(last, 2),      // CD set
+            changed(last - 3, 28), // AAAA
+            changed(last - 1, 3),  // class CH
+            changed(1, b'n'),      // another name of that length
+            changed(0, 4),         // another name structure
+            key[..last].to_vec(),  // cut short
+            Vec::new(),
+        ] {
+            assert!(!entry.is_for(&other), "{other:?}");
+            assert!(cache.get(&other).is_none(), "{other:?}");
+        }
     }
 
     #[test]

@@ -53,8 +53,9 @@
 //!   used after TC=1 or forged UDP answers).
 //! - `resolver`, `config`, `lookup`, `service`, `discovery`, `stats`: the public API, the
 //!   builder that wires the parts together, lookups by name (search list, `ndots`, hosts
-//!   file first, as glibc), the `tower::Service` impl, upstreams followed by name, and the
-//!   counters.
+//!   file first, as glibc; `lookup::memo`: a thread's last lookups, handed out again while
+//!   their cache entry holds), the `tower::Service` impl, upstreams followed by name, and
+//!   the counters.
 //! - [`resolv_conf`] and `hosts`: the system's configuration files, read as glibc reads
 //!   them ([`ResolverBuilder::from_system_conf`]); the hosts file re-read when it changes.
 //! - `adapters` (features `reqwest`, `hyper-util`, `aws`, none on by default): the resolver

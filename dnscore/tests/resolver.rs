@@ -791,6 +791,66 @@ async fn popular_entries_are_prefetched_before_they_expire() {
     assert_eq!(r.stats().prefetches, 1);
 }
 
+/// Repeated lookups of one name (answered from the thread's lookup memo after the second)
+/// are counted as hits, count their TTLs down second by second, and follow the entry when
+/// a prefetch replaces it, without waiting for the old one to expire.
+#[tokio::test]
+async fn repeated_lookups_count_down_and_follow_a_refreshed_entry() {
+    use dnscore::proto::rr::rdata::A;
+    let up = TestUpstream::start().await.unwrap();
+    up.add_record("memo.test.", RData::A(A::new(192, 0, 2, 50)), 10);
+    let r = resolver(&[up.addr()]);
+    let lookup = |r: Resolver| async move {
+        let l = r.lookup("memo.test.", RecordType::A).await.unwrap();
+        let records = l.records();
+        assert_eq!(records.len(), 1);
+        (records[0].data.ip_addr().unwrap(), records[0].ttl)
+    };
+    let old = IpAddr::from([192, 0, 2, 50]);
+    assert_eq!(lookup(r.clone()).await, (old, 10));
+    let hits = r.stats().cache_hits;
+    for _ in 0..3 {
+        assert_eq!(lookup(r.clone()).await, (old, 10));
+    }
+    assert_eq!(r.stats().cache_hits, hits + 3, "every repeat is a hit");
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    for _ in 0..2 {
+        assert_eq!(lookup(r.clone()).await, (old, 8), "counted down by 2 s");
+    }
+    // The upstream's answer changes; in the entry's last tenth a lookup starts a refresh.
+    up.remove_records("memo.test.");
+    up.add_record("memo.test.", RData::A(A::new(192, 0, 2, 51)), 10);
+    tokio::time::advance(Duration::from_millis(7_000)).await;
+    assert_eq!(
+        lookup(r.clone()).await,
+        (old, 1),
+        "the old entry, last second"
+    );
+    tokio::time::resume();
+    for _ in 0..100 {
+        if up.queries("memo.test.", Proto::Udp) == 2 && r.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.stats().prefetches, 1);
+    let (ip, ttl) = lookup(r.clone()).await;
+    assert_eq!(ip, IpAddr::from([192, 0, 2, 51]), "the refreshed entry");
+    assert!(ttl >= 9, "{ttl}");
+    assert_eq!(up.queries("memo.test.", Proto::Udp), 2);
+
+    // lookup_ip the same way: both families, each a hit, nothing sent.
+    let both = vec![IpAddr::from([192, 0, 2, 1]), "2001:db8::1".parse().unwrap()];
+    assert_eq!(r.lookup_ip("a.test").await.unwrap(), both);
+    let (hits, sent) = (r.stats().cache_hits, up.total_queries());
+    for _ in 0..3 {
+        assert_eq!(r.lookup_ip("a.test").await.unwrap(), both);
+    }
+    assert_eq!(r.stats().cache_hits, hits + 6);
+    assert_eq!(up.total_queries(), sent);
+}
+
 /// A resolver shared by two runtimes: the TCP connection opened from one dies with it (its
 /// tasks are dropped unfinished) and must leave the pool, or every later TCP exchange with
 /// that upstream would go to a connection nobody drives.

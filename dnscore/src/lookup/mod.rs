@@ -2,7 +2,11 @@
 //! same path as wire queries (cache, dedup, pool), and parse the answer with hickory-proto.
 //! Names are looked up as glibc looks them up: the hosts file first, then the candidates
 //! the search list and `ndots` make, each an ordinary cached query (so a short name's
-//! negative answers are cached too, and its tenth lookup sends nothing upstream).
+//! negative answers are cached too, and its tenth lookup sends nothing upstream). A thread
+//! that looks a name up again gets the records it built last time, while they still hold
+//! ([`memo`]).
+
+mod memo;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -19,10 +23,10 @@ use crate::query::{self, KeyBuf};
 use crate::resolver::Resolver;
 use crate::wire::{self, MAX_MESSAGE_LEN, MAX_NAME_LEN, rcode};
 
-/// The records that answered a [`Resolver::lookup`].
+/// The records that answered a [`Resolver::lookup`]. Clones share the records.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
-    records: Vec<Record>,
+    records: Arc<[Record]>,
 }
 
 impl Lookup {
@@ -103,20 +107,25 @@ impl Resolver {
     /// - Each candidate's answer, negative ones included, is cached like any answer, so a
     ///   repeated lookup of a short name costs cache hits only.
     pub async fn lookup(&self, name: &str, rtype: RecordType) -> Result<Lookup, Error> {
-        let parsed = parse_name(name)?;
-        if let Some(found) = self.hosts_records(name, &parsed, rtype) {
-            return Ok(found);
+        if let Some(found) = self.hosts_records(name, rtype) {
+            return found;
         }
-        let wanted = |l: &Lookup| match rtype {
-            RecordType::CNAME | RecordType::ANY => !l.records.is_empty(),
-            _ => l.records.iter().any(|r| r.record_type() == rtype),
-        };
+        let mut first = self.memoized(name, rtype, tokio::time::Instant::now());
+        if let Some(l) = &first
+            && answers(l, rtype)
+        {
+            return Ok(l.clone());
+        }
+        let parsed = parse_name(name)?;
         // The first candidate that exists without such records (NODATA), if no later one
         // has them.
         let mut nodata = None;
-        for candidate in self.inner.names.candidates(&parsed) {
-            match self.lookup_name(&candidate, rtype).await {
-                Ok(l) if wanted(&l) => return Ok(l),
+        for (i, candidate) in self.inner.names.candidates(&parsed).enumerate() {
+            match self
+                .first_or_lookup(&mut first, name, i, &candidate, rtype)
+                .await
+            {
+                Ok(l) if answers(&l, rtype) => return Ok(l),
                 Ok(l) => _ = nodata.get_or_insert(l),
                 Err(Error::NxDomain) => {}
                 // The name exists (as glibc, a failure after a NODATA reports the NODATA).
@@ -126,13 +135,17 @@ impl Resolver {
         nodata.ok_or(Error::NxDomain)
     }
 
-    /// The records the hosts file gives `name`, for A and AAAA.
-    fn hosts_records(&self, name: &str, parsed: &Name, rtype: RecordType) -> Option<Lookup> {
+    /// The records the hosts file gives `name`, for A and AAAA (an error if `name` is
+    /// invalid).
+    fn hosts_records(&self, name: &str, rtype: RecordType) -> Option<Result<Lookup, Error>> {
         if !matches!(rtype, RecordType::A | RecordType::AAAA) {
             return None;
         }
         let found = self.inner.names.hosts.as_ref()?.lookup(name)?;
-        let mut owner = parsed.clone();
+        let mut owner = match parse_name(name) {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(e)),
+        };
         owner.set_fqdn(true);
         let records: Vec<Record> = found
             .into_iter()
@@ -143,20 +156,68 @@ impl Resolver {
             })
             .map(|data| Record::from_rdata(owner.clone(), 0, data))
             .collect();
-        (!records.is_empty()).then_some(Lookup { records })
+        (!records.is_empty()).then(|| {
+            Ok(Lookup {
+                records: records.into(),
+            })
+        })
+    }
+
+    /// This thread's last lookup of the first candidate of `name` (see [`memo`]), if it
+    /// still holds at `now`; a hit is counted.
+    fn memoized(&self, name: &str, rtype: RecordType, now: tokio::time::Instant) -> Option<Lookup> {
+        memo::get(
+            self.inner.cache.id(),
+            name,
+            u16::from(rtype),
+            now,
+            |key, entry, age| {
+                self.on_hit(key, entry, age);
+            },
+        )
+    }
+
+    /// The `i`th candidate of `name`: the first one from `first` if the memo had it, else
+    /// looked up (and the first one's fresh hit memoized).
+    async fn first_or_lookup(
+        &self,
+        first: &mut Option<Lookup>,
+        name: &str,
+        i: usize,
+        candidate: &Name,
+        rtype: RecordType,
+    ) -> Result<Lookup, Error> {
+        match first.take() {
+            Some(l) if i == 0 => Ok(l),
+            _ => {
+                let memo_as = (i == 0).then_some(name);
+                self.lookup_name(candidate, rtype, memo_as).await
+            }
+        }
     }
 
     /// One name, asked as it is (`fqdn` is absolute). The key is built from the name
     /// directly; a fresh hit is read through the thread's memo, anything else goes to the
-    /// upstreams with what the cache had (the key is looked up once).
-    async fn lookup_name(&self, fqdn: &Name, rtype: RecordType) -> Result<Lookup, Error> {
+    /// upstreams with what the cache had (the key is looked up once). A fresh hit is kept
+    /// in the thread's lookup memo under `memo_as`, if given.
+    async fn lookup_name(
+        &self,
+        fqdn: &Name,
+        rtype: RecordType,
+        memo_as: Option<&str>,
+    ) -> Result<Lookup, Error> {
         let key = KeyBuf::for_lookup(fqdn.iter(), u16::from(rtype))
             .ok_or_else(|| Error::InvalidName(Arc::from(fqdn.to_string())))?;
         let key = key.as_bytes();
         let now = tokio::time::Instant::now();
-        let hit = self.inner.cache.with_fresh(key, now, |answer, age| {
+        let cache = &self.inner.cache;
+        let hit = cache.with_fresh(key, now, |answer, age| {
             self.on_hit(key, answer, age);
-            records_of(answer, fqdn, rtype, age, false)
+            let found = records_of(answer, fqdn, rtype, age, false);
+            if let (Some(name), Ok(l)) = (memo_as, &found) {
+                memo::put(cache.id(), name, u16::from(rtype), key, answer, age, l);
+            }
+            found
         });
         let stale = match hit {
             Ok(found) => return found,
@@ -178,33 +239,43 @@ impl Resolver {
     /// NXDOMAIN (an empty list when one exists without addresses); else the failure that
     /// ended the search ([`Error::NoAnswer`], ...).
     pub async fn lookup_ip(&self, host: &str) -> Result<Vec<IpAddr>, Error> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
+        // (Only what could be an IP literal is parsed as one: a host name seldom is.)
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+            && let Ok(ip) = host.parse::<IpAddr>()
+        {
             return Ok(vec![ip]);
         }
-        let parsed = parse_name(host)?;
         if let Some(hosts) = &self.inner.names.hosts
             && let Some(ips) = hosts.lookup(host)
         {
+            parse_name(host)?;
             return Ok(ips);
         }
-        let addrs = |l: &Lookup| -> Vec<IpAddr> {
-            l.records
-                .iter()
-                .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
-                .filter_map(|r| r.data.ip_addr())
-                .collect()
-        };
+        let now = tokio::time::Instant::now();
+        let mut first_v4 = self.memoized(host, RecordType::A, now);
+        let mut first_v6 = first_v4
+            .as_ref()
+            .and_then(|_| self.memoized(host, RecordType::AAAA, now));
+        if let (Some(v4), Some(v6)) = (&first_v4, &first_v6) {
+            let found: Vec<IpAddr> = [v4, v6].into_iter().flat_map(addresses).collect();
+            if !found.is_empty() {
+                return Ok(found);
+            }
+        }
+        let parsed = parse_name(host)?;
         // Whether a candidate exists without addresses (NODATA for both families).
         let mut nodata = false;
-        for candidate in self.inner.names.candidates(&parsed) {
+        for (i, candidate) in self.inner.names.candidates(&parsed).enumerate() {
             let (v4, v6) = tokio::join!(
-                self.lookup_name(&candidate, RecordType::A),
-                self.lookup_name(&candidate, RecordType::AAAA)
+                self.first_or_lookup(&mut first_v4, host, i, &candidate, RecordType::A),
+                self.first_or_lookup(&mut first_v6, host, i, &candidate, RecordType::AAAA)
             );
             let found: Vec<IpAddr> = [&v4, &v6]
                 .into_iter()
                 .filter_map(|r| r.as_ref().ok())
-                .flat_map(addrs)
+                .flat_map(addresses)
                 .collect();
             if !found.is_empty() {
                 return Ok(found);
@@ -221,6 +292,23 @@ impl Resolver {
         } else {
             Err(Error::NxDomain)
         }
+    }
+}
+
+/// The addresses of `l`'s A and AAAA records.
+fn addresses(l: &Lookup) -> impl Iterator<Item = IpAddr> + '_ {
+    l.records
+        .iter()
+        .filter(|r| matches!(r.record_type(), RecordType::A | RecordType::AAAA))
+        .filter_map(|r| r.data.ip_addr())
+}
+
+/// Whether `l` answers a lookup of `rtype`: it has records of that type (or, for CNAME and
+/// ANY, any record).
+fn answers(l: &Lookup, rtype: RecordType) -> bool {
+    match rtype {
+        RecordType::CNAME | RecordType::ANY => !l.records.is_empty(),
+        _ => l.records.iter().any(|r| r.record_type() == rtype),
     }
 }
 
@@ -247,7 +335,7 @@ fn records_of(
     let mut out = Vec::new();
     answer.write_aged(&q, age, MAX_MESSAGE_LEN, stale, &mut out);
     Ok(Lookup {
-        records: answer_records(&out).ok_or(Error::BadAnswer)?,
+        records: answer_records(&out).ok_or(Error::BadAnswer)?.into(),
     })
 }
 
