@@ -135,7 +135,11 @@ impl Answer {
         let sent_question = &sent[HEADER_LEN..question_end];
         match resp.get(HEADER_LEN..question_end) {
             Some(q) if q == sent_question => {}
-            Some(q) if q.eq_ignore_ascii_case(sent_question) => {
+            // The name but for case; the type and class exactly (type 97 is not type 65).
+            Some(q)
+                if q[..q.len() - 4].eq_ignore_ascii_case(&sent_question[..q.len() - 4])
+                    && q[q.len() - 4..] == sent_question[q.len() - 4..] =>
+            {
                 if exact_case {
                     return Err(ResponseError::CaseMismatch);
                 }
@@ -611,6 +615,18 @@ mod tests {
         let mut upper = good.clone();
         upper[13] = b'A';
         assert!(Answer::parse(&sent, &upper, now).is_ok());
+        // ...but not the type's: HTTPS is 0x0041, "A"; 0x0061, "a", is another type.
+        let client = client_query("a.test.", RecordType::HTTPS, None);
+        let q = query::parse(&client).unwrap();
+        let sent = Key(q.key.as_bytes()).upstream_query(0x1111);
+        let mut https = response_to(&sent, ResponseCode::NoError, vec![], vec![]);
+        assert!(Answer::parse(&sent, &https, now).is_ok());
+        assert_eq!(https[21], b'A');
+        https[21] = b'a';
+        assert_eq!(
+            Answer::parse(&sent, &https, now).err(),
+            Some(ResponseError::Mismatch)
+        );
     }
 
     #[test]
