@@ -257,10 +257,11 @@ impl Pool {
     }
 }
 
-/// The attempts of one query that run inside its task. As a future it polls each of them
-/// and stays pending: it never completes, the race decides when the query is done.
+/// The attempts of one query that run inside its task (inline up to two: most queries have
+/// one). As a future it polls each of them and stays pending: it never completes, the race
+/// decides when the query is done.
 #[derive(Default)]
-struct Attempts(Vec<Pin<Box<dyn Future<Output = ()> + Send>>>);
+struct Attempts(smallvec::SmallVec<[Pin<Box<dyn Future<Output = ()> + Send>>; 2]>);
 
 impl Future for Attempts {
     type Output = ();
