@@ -633,6 +633,10 @@ async fn read_loop(socket: Arc<Socket>) {
     let socket = CloseOnDrop(socket);
     let socket = &socket.0;
     let mut buf = vec![0u8; RECV_BUFFER];
+    // One wait for a wake-up, kept across datagrams (a new one per datagram would join and
+    // leave the `Notify`'s list under its lock each time), renewed when it fires.
+    let woken = socket.wake.notified();
+    tokio::pin!(woken);
     loop {
         tokio::select! {
             received = socket.udp.recv(&mut buf) => match received {
@@ -644,7 +648,7 @@ async fn read_loop(socket: Arc<Socket>) {
                     return;
                 }
             },
-            () = socket.wake.notified() => {}
+            () = &mut woken => woken.set(socket.wake.notified()),
         }
         if socket.finished() {
             return;
