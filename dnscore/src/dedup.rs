@@ -228,3 +228,91 @@ impl Drop for Leave {
         Dedup::lock(&self.flights).remove(&self.key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// A flight that ends with what `rx` brings (an error stands for any outcome).
+    fn waiting_on(rx: oneshot::Receiver<()>) -> impl Future<Output = FlightResult> + Send {
+        async move {
+            let _ = rx.await;
+            Err(Error::NxDomain)
+        }
+    }
+
+    #[tokio::test]
+    async fn joiners_get_the_outcome_of_a_flight_whose_starter_was_cancelled() {
+        let dedup = Arc::new(Dedup::new(8, 8));
+        let (tx, rx) = oneshot::channel();
+        let starter = {
+            let dedup = Arc::clone(&dedup);
+            tokio::spawn(async move { dedup.run(b"k", |_| waiting_on(rx), |_| {}).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(dedup.len(), 1);
+        let (role_tx, role_rx) = oneshot::channel();
+        let joiner = {
+            let dedup = Arc::clone(&dedup);
+            tokio::spawn(async move {
+                let start = |_| async { Err(Error::Malformed) };
+                dedup
+                    .run(b"k", start, |role| {
+                        let _ = role_tx.send(role);
+                    })
+                    .await
+            })
+        };
+        assert_eq!(role_rx.await.ok(), Some(Role::Joined));
+        starter.abort();
+        assert!(starter.await.is_err_and(|e| e.is_cancelled()));
+        tx.send(()).ok();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), joiner).await;
+        assert!(
+            matches!(outcome, Ok(Ok(Err(Error::NxDomain)))),
+            "{outcome:?}"
+        );
+        assert_eq!(dedup.len(), 0);
+    }
+
+    #[test]
+    fn joiners_of_a_flight_dropped_with_its_runtime_get_shutdown() {
+        let dedup = Arc::new(Dedup::new(8, 8));
+        let (_never, rx) = oneshot::channel::<()>();
+        let first = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let flight = {
+            let dedup = Arc::clone(&dedup);
+            first.spawn(async move { dedup.run(b"k", |_| waiting_on(rx), |_| {}).await })
+        };
+        first.block_on(tokio::task::yield_now());
+        assert_eq!(dedup.len(), 1);
+        let second = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let joiner = {
+            let dedup = Arc::clone(&dedup);
+            second.spawn(async move {
+                dedup
+                    .run(b"k", |_| async { Err(Error::Malformed) }, |_| {})
+                    .await
+            })
+        };
+        second.block_on(tokio::task::yield_now());
+        drop(first);
+        drop(flight);
+        let outcome =
+            second.block_on(async { tokio::time::timeout(Duration::from_secs(5), joiner).await });
+        assert!(
+            matches!(outcome, Ok(Ok(Err(Error::Shutdown)))),
+            "{outcome:?}"
+        );
+        assert_eq!(dedup.len(), 0);
+    }
+}
