@@ -345,8 +345,9 @@ async fn attempt(
         &stranded,
     );
     tokio::pin!(exchange);
-    // One timer: first the attempt's timeout (it counts as slow), then the ceiling on how
-    // long it outlives its query (a timer each would cost a registration more per miss).
+    // One timer: first the attempt's timeout (it counts as slow; the UDP ticket, which has
+    // no timer, retires its socket when this wakes it), then the ceiling on how long it
+    // outlives its query (a timer each would cost a registration more per miss).
     let ceiling = started + config.attempt_timeout;
     let timer = sleep_until(launch.timeout_at.min(ceiling));
     tokio::pin!(timer);

@@ -47,7 +47,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::answer::{Answer, ResponseError};
 use crate::error::UpstreamError;
@@ -686,6 +686,10 @@ impl Ticket {
     /// Waits for what happens next: the answer (or why none will come), or, once, word
     /// that another query's timeout retired the socket. At `retire_at` the socket is
     /// retired, and the wait goes on.
+    ///
+    /// `retire_at` has no timer here: the caller is woken then by a timer of its own (the
+    /// attempt's timeout, the same instant), and this wait looks at the clock when polled.
+    /// A timer each would cost a registration and a removal in tokio's wheel per miss.
     pub(crate) async fn next(&mut self) -> Delivery {
         loop {
             tokio::select! {
@@ -697,7 +701,7 @@ impl Ticket {
                     self.stranded = true;
                     return Delivery::Stranded;
                 }
-                () = sleep_until(self.retire_at), if !self.stranded => {
+                () = passed(self.retire_at), if !self.stranded => {
                     self.stranded = true;
                     // Silent since this query was sent: the mark of a conntrack entry that
                     // leads to a dead endpoint, so the others waiting on it are stranded.
@@ -729,6 +733,18 @@ impl Drop for Ticket {
             self.socket.wake.notify_one();
         }
     }
+}
+
+/// Ready once `at` has passed, looked at when polled; it wakes nothing (see
+/// [`Ticket::next`]).
+fn passed(at: Instant) -> impl Future<Output = ()> {
+    std::future::poll_fn(move |_| {
+        if Instant::now() >= at {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
 }
 
 /// A non-blocking UDP socket on an ephemeral port, connected to `addr`.
