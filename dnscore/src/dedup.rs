@@ -238,11 +238,9 @@ mod tests {
     use super::*;
 
     /// A flight that ends with what `rx` brings (an error stands for any outcome).
-    fn waiting_on(rx: oneshot::Receiver<()>) -> impl Future<Output = FlightResult> + Send {
-        async move {
-            let _ = rx.await;
-            Err(Error::NxDomain)
-        }
+    async fn waiting_on(rx: oneshot::Receiver<()>) -> FlightResult {
+        let _ = rx.await;
+        Err(Error::NxDomain)
     }
 
     #[tokio::test]
