@@ -320,7 +320,7 @@ impl Sockets {
         let socket = Arc::new(Socket {
             udp,
             addr: self.addr,
-            born: Instant::now(),
+            worn_at: Instant::now() + MAX_SOCKET_AGE,
             uses: AtomicU32::new(0),
             state: Mutex::new(State::default()),
             retired: watch::Sender::new(None),
@@ -356,7 +356,9 @@ impl Drop for Sockets {
 struct Socket {
     udp: UdpSocket,
     addr: SocketAddr,
-    born: Instant,
+    /// When it has lived [`MAX_SOCKET_AGE`] (kept as an instant: every checkout looks at
+    /// every slot's, and a comparison is cheaper than an age).
+    worn_at: Instant,
     /// Queries sent on it.
     uses: AtomicU32,
     state: Mutex<State>,
@@ -558,8 +560,7 @@ impl Socket {
     }
 
     fn worn(&self, now: Instant) -> bool {
-        self.uses.load(Ordering::Relaxed) >= MAX_SOCKET_USES
-            || now.saturating_duration_since(self.born) >= MAX_SOCKET_AGE
+        self.uses.load(Ordering::Relaxed) >= MAX_SOCKET_USES || now >= self.worn_at
     }
 
     fn outstanding(&self) -> usize {
