@@ -149,7 +149,7 @@ impl Context {
         runtime.spawn(async move {
             let qtype = miss.qtype();
             let query = logged.map(|_| miss.query().to_vec());
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(512);
             let served = resolver.resolve_miss(miss, &mut out).await;
             counters.count(protocol, Some(qtype), &out);
             counters.observe(arrived.elapsed(), 1);

@@ -150,7 +150,7 @@ impl Answer {
         let qtype = crate::wire::u16_at(sent, question_end - 4)?;
 
         let mut facts = Facts::default();
-        let mut ttl_offsets = Vec::new();
+        let mut ttl_offsets: smallvec::SmallVec<[u16; 16]> = smallvec::SmallVec::new();
         let mut pos = question_end;
         let mut end = question_end;
         let mut ext_rcode = 0u16;

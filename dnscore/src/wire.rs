@@ -238,12 +238,13 @@ pub(crate) fn skip_name(msg: &[u8], pos: usize) -> Result<usize, Malformed> {
 /// compression pointer may lead to. Built while a message is read front to back (pointers
 /// only lead backwards), so that a pointer into a TTL, a type or the data of an address is
 /// refused: answers are copied to clients with TTLs rewritten, and such a pointer would read
-/// differently there.
-pub(crate) struct NameStarts(Vec<bool>);
+/// differently there. On the stack for messages of up to 512 bytes (most answers): one
+/// allocation less per miss.
+pub(crate) struct NameStarts(smallvec::SmallVec<[bool; 512]>);
 
 impl NameStarts {
     pub(crate) fn new(len: usize) -> Self {
-        Self(vec![false; len])
+        Self(smallvec::smallvec![false; len])
     }
 }
 

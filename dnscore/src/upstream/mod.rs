@@ -257,10 +257,11 @@ impl Pool {
     }
 }
 
-/// The attempts of one query that run inside its task. As a future it polls each of them
-/// and stays pending: it never completes, the race decides when the query is done.
+/// The attempts of one query that run inside its task (inline up to two: most queries have
+/// one). As a future it polls each of them and stays pending: it never completes, the race
+/// decides when the query is done.
 #[derive(Default)]
-struct Attempts(Vec<Pin<Box<dyn Future<Output = ()> + Send>>>);
+struct Attempts(smallvec::SmallVec<[Pin<Box<dyn Future<Output = ()> + Send>>; 2]>);
 
 impl Future for Attempts {
     type Output = ();
@@ -344,8 +345,9 @@ async fn attempt(
         &stranded,
     );
     tokio::pin!(exchange);
-    // One timer: first the attempt's timeout (it counts as slow), then the ceiling on how
-    // long it outlives its query (a timer each would cost a registration more per miss).
+    // One timer: first the attempt's timeout (it counts as slow; the UDP ticket, which has
+    // no timer, retires its socket when this wakes it), then the ceiling on how long it
+    // outlives its query (a timer each would cost a registration more per miss).
     let ceiling = started + config.attempt_timeout;
     let timer = sleep_until(launch.timeout_at.min(ceiling));
     tokio::pin!(timer);

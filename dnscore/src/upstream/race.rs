@@ -28,11 +28,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::budget::{HedgeBudget, RetryBudget};
 use crate::answer::Answer;
 use crate::error::UpstreamError;
+
+/// One value per upstream of a query, inline up to 8 upstreams: a race allocates nothing
+/// of its own on a miss.
+type PerUpstream<T> = SmallVec<[T; 8]>;
 
 /// Sends of one query to one upstream at most: the first, and one retry.
 pub(crate) const MAX_SENDS_PER_UPSTREAM: u8 = 2;
@@ -135,10 +140,10 @@ pub(crate) struct Race {
     max_attempts: usize,
     /// Ceiling on an attempt's timeout after backoff.
     max_timeout: Duration,
-    sends: Vec<u8>,
+    sends: PerUpstream<u8>,
     /// Upstreams that answered with a failure code (or a truncated TCP answer).
-    gave_up: Vec<bool>,
-    outstanding: Vec<Outstanding>,
+    gave_up: PerUpstream<bool>,
+    outstanding: SmallVec<[Outstanding; 4]>,
     launched: usize,
     primary: Option<Primary>,
     /// A launch that is due, and why.
@@ -162,9 +167,9 @@ impl Race {
             deadline,
             max_attempts,
             max_timeout,
-            sends: vec![0; upstreams],
-            gave_up: vec![false; upstreams],
-            outstanding: Vec::new(),
+            sends: smallvec::smallvec![0; upstreams],
+            gave_up: smallvec::smallvec![false; upstreams],
+            outstanding: SmallVec::new(),
             launched: 0,
             primary: None,
             due: Some(Kind::First),
@@ -360,7 +365,7 @@ impl Race {
             &|i| !hedge && all_down && usable(i),
         ];
         tiers.iter().find_map(|tier| {
-            let candidates: Vec<usize> = (0..n).filter(|&i| tier(i)).collect();
+            let candidates: PerUpstream<usize> = (0..n).filter(|&i| tier(i)).collect();
             (!candidates.is_empty()).then(|| ups.select(&candidates))
         })
     }

@@ -47,7 +47,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::{Notify, oneshot, watch};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use crate::answer::{Answer, ResponseError};
 use crate::error::UpstreamError;
@@ -320,7 +320,7 @@ impl Sockets {
         let socket = Arc::new(Socket {
             udp,
             addr: self.addr,
-            born: Instant::now(),
+            worn_at: Instant::now() + MAX_SOCKET_AGE,
             uses: AtomicU32::new(0),
             state: Mutex::new(State::default()),
             retired: watch::Sender::new(None),
@@ -356,7 +356,9 @@ impl Drop for Sockets {
 struct Socket {
     udp: UdpSocket,
     addr: SocketAddr,
-    born: Instant,
+    /// When it has lived [`MAX_SOCKET_AGE`] (kept as an instant: every checkout looks at
+    /// every slot's, and a comparison is cheaper than an age).
+    worn_at: Instant,
     /// Queries sent on it.
     uses: AtomicU32,
     state: Mutex<State>,
@@ -558,8 +560,7 @@ impl Socket {
     }
 
     fn worn(&self, now: Instant) -> bool {
-        self.uses.load(Ordering::Relaxed) >= MAX_SOCKET_USES
-            || now.saturating_duration_since(self.born) >= MAX_SOCKET_AGE
+        self.uses.load(Ordering::Relaxed) >= MAX_SOCKET_USES || now >= self.worn_at
     }
 
     fn outstanding(&self) -> usize {
@@ -633,6 +634,10 @@ async fn read_loop(socket: Arc<Socket>) {
     let socket = CloseOnDrop(socket);
     let socket = &socket.0;
     let mut buf = vec![0u8; RECV_BUFFER];
+    // One wait for a wake-up, kept across datagrams (a new one per datagram would join and
+    // leave the `Notify`'s list under its lock each time), renewed when it fires.
+    let woken = socket.wake.notified();
+    tokio::pin!(woken);
     loop {
         tokio::select! {
             received = socket.udp.recv(&mut buf) => match received {
@@ -644,7 +649,7 @@ async fn read_loop(socket: Arc<Socket>) {
                     return;
                 }
             },
-            () = socket.wake.notified() => {}
+            () = &mut woken => woken.set(socket.wake.notified()),
         }
         if socket.finished() {
             return;
@@ -682,6 +687,10 @@ impl Ticket {
     /// Waits for what happens next: the answer (or why none will come), or, once, word
     /// that another query's timeout retired the socket. At `retire_at` the socket is
     /// retired, and the wait goes on.
+    ///
+    /// `retire_at` has no timer here: the caller is woken then by a timer of its own (the
+    /// attempt's timeout, the same instant), and this wait looks at the clock when polled.
+    /// A timer each would cost a registration and a removal in tokio's wheel per miss.
     pub(crate) async fn next(&mut self) -> Delivery {
         loop {
             tokio::select! {
@@ -693,7 +702,7 @@ impl Ticket {
                     self.stranded = true;
                     return Delivery::Stranded;
                 }
-                () = sleep_until(self.retire_at), if !self.stranded => {
+                () = passed(self.retire_at), if !self.stranded => {
                     self.stranded = true;
                     // Silent since this query was sent: the mark of a conntrack entry that
                     // leads to a dead endpoint, so the others waiting on it are stranded.
@@ -725,6 +734,18 @@ impl Drop for Ticket {
             self.socket.wake.notify_one();
         }
     }
+}
+
+/// Ready once `at` has passed, looked at when polled; it wakes nothing (see
+/// [`Ticket::next`]).
+fn passed(at: Instant) -> impl Future<Output = ()> {
+    std::future::poll_fn(move |_| {
+        if Instant::now() >= at {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
 }
 
 /// A non-blocking UDP socket on an ephemeral port, connected to `addr`.
