@@ -43,6 +43,8 @@
 //!   out per client by copying and patching, never re-parsed on a hit.
 //! - `cache`: quick_cache of answers (sharded, no global lock), the TTL policy, the stale
 //!   window and the briefly remembered failures.
+//! - `clock`: the clock a hit reads (Linux's coarse monotonic clock, a few ns; never
+//!   behind the fine clock, at most two kernel ticks ahead).
 //! - `dedup`: concurrent identical queries share one spawned upstream query; bounded.
 //! - `upstream`: the pool, which runs each query's race of attempts (`upstream::race`, a
 //!   state machine: replacement, retry, hedge, re-drive, one deadline) within a pool-wide
@@ -153,6 +155,7 @@
 pub mod adapters;
 mod answer;
 mod cache;
+mod clock;
 mod config;
 mod dedup;
 pub mod defaults;

@@ -292,7 +292,7 @@ impl Resolver {
         let key = q.key.as_bytes();
         self.inner
             .cache
-            .with_fresh(key, Instant::now(), |answer, age| {
+            .with_fresh(key, crate::clock::now(), |answer, age| {
                 self.on_hit(key, answer, age);
                 answer.write_aged(q, age, transport.limit(q), false, out);
             })

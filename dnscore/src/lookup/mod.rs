@@ -110,7 +110,7 @@ impl Resolver {
         if let Some(found) = self.hosts_records(name, rtype) {
             return found;
         }
-        let mut first = self.memoized(name, rtype, tokio::time::Instant::now());
+        let mut first = self.memoized(name, rtype, crate::clock::now());
         if let Some(l) = &first
             && answers(l, rtype)
         {
@@ -209,7 +209,7 @@ impl Resolver {
         let key = KeyBuf::for_lookup(fqdn.iter(), u16::from(rtype))
             .ok_or_else(|| Error::InvalidName(Arc::from(fqdn.to_string())))?;
         let key = key.as_bytes();
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::now();
         let cache = &self.inner.cache;
         let hit = cache.with_fresh(key, now, |answer, age| {
             self.on_hit(key, answer, age);
@@ -253,7 +253,7 @@ impl Resolver {
             parse_name(host)?;
             return Ok(ips);
         }
-        let now = tokio::time::Instant::now();
+        let now = crate::clock::now();
         let mut first_v4 = self.memoized(host, RecordType::A, now);
         let mut first_v6 = first_v4
             .as_ref()
