@@ -261,7 +261,7 @@ impl ResolverBuilder {
     ///
     /// CoreDNS answers for the cluster's names with TTL 5 s, so each pod's cache would ask
     /// again every 5 s for every name it uses; with many pods per node that is many times
-    /// what one node cache asks (8.1× at 50 pods in `benches/cluster`, 1.35× with this
+    /// what one node cache asks (8.1× at 50 pods in `benches/cluster`, 1.34× with this
     /// floor). The price: a Service deleted and re-created (a new ClusterIP), a Service
     /// created after a name was asked (its NXDOMAIN is kept), and a headless Service's
     /// addresses after its pods change are seen up to this long after CoreDNS sees them.

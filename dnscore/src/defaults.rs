@@ -81,7 +81,7 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// negative: 30 s. CoreDNS's kubernetes plugin answers with TTL 5 s, so without a floor
 /// every pod's cache asks CoreDNS for each of its names every 5 s: measured at 50 pods per
 /// node (benches/cluster/README.md, "Many pods per node"), per-pod caches then send CoreDNS
-/// 8.1× what one node cache sends, and 1.35× with a 30-s floor. NodeLocal DNSCache's
+/// 8.1× what one node cache sends, and 1.34× with a 30-s floor. NodeLocal DNSCache's
 /// `cache 30` and many clusters' `ttl 30` serve Service names as long. The price: a
 /// re-created Service, a new one, or a headless Service's new pod set is seen up to 30 s
 /// late.
