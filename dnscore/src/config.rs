@@ -501,15 +501,13 @@ impl ResolverBuilder {
 
     /// The cluster domain in wire form, lower case. Errors: [`Error::InvalidName`].
     fn cluster_domain_wire(&self) -> Result<Box<[u8]>, Error> {
-        let name = crate::settings::parse_domain(&self.cluster_domain)
-            .ok_or_else(|| Error::InvalidName(Arc::from(self.cluster_domain.as_str())))?;
-        let mut wire = Vec::with_capacity(name.len() + 2);
-        for label in name.split('.') {
-            wire.push(label.len() as u8); // 1 to 63
-            wire.extend_from_slice(label.as_bytes());
+        let invalid = || Error::InvalidName(Arc::from(self.cluster_domain.as_str()));
+        let name = crate::settings::parse_domain(&self.cluster_domain).ok_or_else(invalid)?;
+        let mut wire = [0u8; crate::wire::MAX_NAME_LEN + 1];
+        match crate::lookup::host_name_wire(&name, &mut wire) {
+            Some(Ok(len)) => Ok(wire[..len].into()),
+            _ => Err(invalid()),
         }
-        wire.push(0);
-        Ok(wire.into_boxed_slice())
     }
 
     /// The search list as absolute names. Errors: [`Error::InvalidName`].

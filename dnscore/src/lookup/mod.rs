@@ -376,7 +376,10 @@ fn parse_name(name: &str) -> Result<Name, Error> {
 /// lookup's time, and a no-op on such a name but for letter case, which DNS ignores).
 /// `Some(Err(()))` for an empty label, a label over 63 bytes or a name over 255; `None` for
 /// any other character, left to `Name::from_utf8`.
-fn host_name_wire(name: &str, wire: &mut [u8; MAX_NAME_LEN + 1]) -> Option<Result<usize, ()>> {
+pub(crate) fn host_name_wire(
+    name: &str,
+    wire: &mut [u8; MAX_NAME_LEN + 1],
+) -> Option<Result<usize, ()>> {
     if name.is_empty() {
         return None;
     }
