@@ -375,7 +375,8 @@ impl AnswerCache {
 
     /// Runs `hit` on the fresh entry for `key` at `now` (with its age), from this thread's
     /// memo when it holds it and the cache still does, else from the cache (and memoizes
-    /// it); a stale entry comes back as `Err(Some)`, none as `Err(None)`. The memo holds at
+    /// it); `hit` is told whether the memo had it (this thread hit it before). A stale entry
+    /// comes back as `Err(Some)`, none as `Err(None)`. The memo holds at
     /// most 64 entries of up to 1232 bytes per thread, possibly ones evicted since (until
     /// overwritten), and never serves those.
     #[inline]
@@ -383,7 +384,7 @@ impl AnswerCache {
         &self,
         key: &[u8],
         now: Instant,
-        hit: impl FnOnce(&Arc<Entry>, Duration) -> R,
+        hit: impl FnOnce(&Arc<Entry>, Duration, bool) -> R,
     ) -> Result<R, Option<Arc<Entry>>> {
         let slot = memo_slot(key);
         let mut hit = Some(hit);
@@ -396,7 +397,7 @@ impl AnswerCache {
             }
             let age = m.entry.age(now);
             match m.entry.freshness(age, self.max_stale) {
-                Some(Freshness::Fresh) => hit.take().map(|f| f(&m.entry, age)),
+                Some(Freshness::Fresh) => hit.take().map(|f| f(&m.entry, age, true)),
                 _ => None,
             }
         });
@@ -408,7 +409,7 @@ impl AnswerCache {
         };
         match self.lookup(key, now) {
             Some((entry, Freshness::Fresh, age)) => {
-                let r = hit(&entry, age);
+                let r = hit(&entry, age, false);
                 // Only answers of up to a UDP size: the memo's memory stays small (64 such
                 // entries a thread at most) beside the cache's bound.
                 if entry.len() <= usize::from(EDNS_UDP_SIZE) {
@@ -785,7 +786,7 @@ mod tests {
     fn fresh_ip(cache: &AnswerCache, key: &[u8]) -> Option<std::net::IpAddr> {
         let now = Instant::now();
         cache
-            .with_fresh(key, now, |entry, age| {
+            .with_fresh(key, now, |entry, age, _| {
                 entry.simple_addresses(age, false).unwrap()[0].1
             })
             .ok()

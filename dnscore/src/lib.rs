@@ -43,6 +43,9 @@
 //!   out per client by copying and patching, never re-parsed on a hit.
 //! - `cache`: quick_cache of answers (sharded, no global lock), the TTL policy, the stale
 //!   window and the briefly remembered failures.
+//! - `replay`: a thread's last answers from the cache, copied out again for a query
+//!   repeated byte for byte but for its ID while its entry is cached and of the same age in
+//!   whole seconds (what writing it again would give, without parsing or a lookup).
 //! - `clock`: the clock a hit reads (Linux's coarse monotonic clock, a few ns; never
 //!   behind the fine clock, at most two kernel ticks ahead).
 //! - `dedup`: concurrent identical queries share one spawned upstream query; bounded.
@@ -170,6 +173,7 @@ mod hosts;
 mod lookup;
 pub mod message;
 mod query;
+mod replay;
 pub mod resolv_conf;
 mod resolver;
 mod scrub;

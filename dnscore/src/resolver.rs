@@ -12,6 +12,7 @@ use crate::cache::{AnswerCache, Entry, Freshness};
 use crate::dedup::{Dedup, FlightResult, Role};
 use crate::error::{Error, UpstreamError};
 use crate::query::{self, OwnedQuery, Query};
+use crate::replay;
 use crate::stats::{Counters, Stats};
 use crate::upstream::Pool;
 use crate::wire::{MAX_MESSAGE_LEN, rcode, write_rcode_reply};
@@ -207,6 +208,10 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
+        let now = crate::clock::now();
+        if self.replay(query, transport, now, out).is_some() {
+            return Ok(());
+        }
         let q = match query::parse(query) {
             Ok(q) => q,
             Err(rejection) if rejection.write(query, out) => return Ok(()),
@@ -214,7 +219,7 @@ impl Resolver {
         };
         // A fresh hit is written at once (through the thread's memo); else the key is
         // looked up no more: its stale entry, if any, goes with it to the upstreams.
-        if let Err(stale) = self.try_hit(&q, transport, out) {
+        if let Err(stale) = self.try_hit(&q, transport, now, out) {
             let result = self.complete(q.key.as_bytes(), stale).await;
             write_result(&q, transport, result, out);
         }
@@ -233,12 +238,16 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Result<bool, Error> {
+        let now = crate::clock::now();
+        if self.replay(query, transport, now, out).is_some() {
+            return Ok(true);
+        }
         let q = match query::parse(query) {
             Ok(q) => q,
             Err(rejection) if rejection.write(query, out) => return Ok(true),
             Err(_) => return Err(Error::Malformed),
         };
-        Ok(self.try_hit(&q, transport, out).is_ok())
+        Ok(self.try_hit(&q, transport, now, out).is_ok())
     }
 
     /// Answers from the cache alone, without waiting, like
@@ -252,6 +261,10 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Result<Cached, Error> {
+        let now = crate::clock::now();
+        if let Some(qtype) = self.replay(query, transport, now, out) {
+            return Ok(Cached::Answered { qtype: Some(qtype) });
+        }
         let q = match query::parse(query) {
             Ok(q) => q,
             Err(rejection) if rejection.write(query, out) => {
@@ -261,7 +274,7 @@ impl Resolver {
             }
             Err(_) => return Err(Error::Malformed),
         };
-        Ok(match self.try_hit(&q, transport, out) {
+        Ok(match self.try_hit(&q, transport, now, out) {
             Ok(()) => Cached::Answered {
                 qtype: Some(q.qtype()),
             },
@@ -282,20 +295,54 @@ impl Resolver {
         write_result(&q, miss.transport, result, out)
     }
 
-    /// A fresh hit is written to `out`; else the stale entry, if the cache has one.
+    /// A query this thread answered from the cache a moment ago, byte for byte but for its
+    /// ID, is answered again by a copy (see [`replay`]) and counted as a hit: its type.
+    #[inline]
+    fn replay(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<u16> {
+        let mut qtype = None;
+        replay::replay(self.inner.cache.id(), query, transport, now, out, |hit| {
+            self.on_hit(hit.key, hit.entry, hit.age);
+            qtype = Some(hit.qtype);
+        });
+        qtype
+    }
+
+    /// A fresh hit at `now` is written to `out` (and kept for [`replay`] when this thread
+    /// hit it before); else the stale
+    /// entry, if the cache has one.
     fn try_hit(
         &self,
         q: &Query<'_>,
         transport: Transport,
+        now: Instant,
         out: &mut Vec<u8>,
     ) -> Result<(), Option<Arc<Entry>>> {
         let key = q.key.as_bytes();
-        self.inner
-            .cache
-            .with_fresh(key, crate::clock::now(), |answer, age| {
-                self.on_hit(key, answer, age);
-                answer.write_aged(q, age, transport.limit(q), false, out);
-            })
+        let cache = &self.inner.cache;
+        cache.with_fresh(key, now, |answer, age, again| {
+            self.on_hit(key, answer, age);
+            answer.write_aged(q, age, transport.limit(q), false, out);
+            // Kept from a name's second hit on this thread on: a thread answering many
+            // names in turn does not pay for copies it would never replay.
+            if again {
+                replay::keep(
+                    cache.id(),
+                    q.msg,
+                    transport,
+                    key,
+                    answer,
+                    age,
+                    q.qtype(),
+                    out,
+                );
+            }
+        })
     }
 
     /// Counts a hit and starts a prefetch if the entry is near its end.

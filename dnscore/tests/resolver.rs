@@ -851,6 +851,120 @@ async fn repeated_lookups_count_down_and_follow_a_refreshed_entry() {
     assert_eq!(up.total_queries(), sent);
 }
 
+/// A query repeated on one thread is answered again from that thread's replay of its last
+/// answer: each with its own ID, its TTLs counted down as the entry ages, kept apart by the
+/// client's letter case and transport, and never after the cache dropped or replaced the
+/// entry it came from.
+#[tokio::test]
+async fn repeated_queries_are_answered_as_if_written_again() {
+    use dnscore::proto::rr::rdata::A;
+    let up = TestUpstream::start().await.unwrap();
+    up.add_record("replay.test.", RData::A(A::new(192, 0, 2, 60)), 10);
+    for i in 0..40 {
+        up.add_record("big.replay.test.", RData::A(A::new(10, 0, 0, i)), 600);
+    }
+    let r = resolver(&[up.addr()]);
+    let cached = |r: &Resolver, id: u16, name: &str, transport| {
+        let mut out = Vec::new();
+        let q = query(id, name, RecordType::A, Some(1232));
+        r.resolve_cached(&q, transport, &mut out)
+            .unwrap()
+            .then_some(out)
+    };
+    let ttl_and_ip = |out: &[u8]| {
+        let m = parse(out);
+        (m.answers[0].ttl, ipv4s(&m)[0])
+    };
+    let old = IpAddr::from([192, 0, 2, 60]);
+    assert!(cached(&r, 1, "replay.test.", Transport::Udp).is_none());
+    ask(&r, 1, "replay.test.", RecordType::A, Some(1232)).await;
+    let hits = r.stats().cache_hits;
+    let answers: Vec<Vec<u8>> = (2..6)
+        .map(|id| cached(&r, id, "replay.test.", Transport::Udp).unwrap())
+        .collect();
+    assert_eq!(r.stats().cache_hits, hits + 4, "every repeat is a hit");
+    for (id, answer) in (2..6).zip(&answers) {
+        assert_eq!(parse(answer).metadata.id, id);
+        assert_eq!(
+            answer[2..],
+            answers[0][2..],
+            "the same answer but for the ID"
+        );
+        assert_eq!(ttl_and_ip(answer), (10, old));
+    }
+
+    // The client's letter case is echoed, repeated or not.
+    for id in 6..9 {
+        let upper = cached(&r, id, "REPLAY.test.", Transport::Udp).unwrap();
+        assert_eq!(parse(&upper).queries[0].name().to_string(), "REPLAY.test.");
+    }
+
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    for id in 9..12 {
+        let answer = cached(&r, id, "replay.test.", Transport::Udp).unwrap();
+        assert_eq!(ttl_and_ip(&answer), (8, old), "counted down by 2 s");
+    }
+
+    // A datagram without EDNS gets TC=1 where a stream gets the whole answer, however the
+    // two are interleaved.
+    ask(&r, 20, "big.replay.test.", RecordType::A, None).await;
+    let mut out = Vec::new();
+    for id in 21..27 {
+        let q = query(id, "big.replay.test.", RecordType::A, None);
+        assert!(r.resolve_cached(&q, Transport::Tcp, &mut out).unwrap());
+        let whole = parse(&out);
+        assert_eq!(whole.answers.len(), 40);
+        assert!(!whole.metadata.truncation);
+        if id % 2 == 0 {
+            assert!(r.resolve_cached(&q, Transport::Udp, &mut out).unwrap());
+            let cut = parse(&out);
+            assert!(cut.metadata.truncation, "TC=1 over UDP");
+            assert!(cut.answers.is_empty());
+        }
+    }
+
+    // The entry is replaced by a prefetch in its last tenth: the next answer is the new
+    // one, within the same second as the last replay of the old.
+    up.remove_records("replay.test.");
+    up.add_record("replay.test.", RData::A(A::new(192, 0, 2, 61)), 10);
+    tokio::time::advance(Duration::from_millis(7_000)).await;
+    let last = cached(&r, 30, "replay.test.", Transport::Udp).unwrap();
+    assert_eq!(ttl_and_ip(&last), (1, old), "the old entry, last second");
+    tokio::time::resume();
+    for _ in 0..100 {
+        if up.queries("replay.test.", Proto::Udp) == 2 && r.in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(r.stats().prefetches, 1);
+    let new = cached(&r, 31, "replay.test.", Transport::Udp).unwrap();
+    assert_eq!(
+        ttl_and_ip(&new).1,
+        IpAddr::from([192, 0, 2, 61]),
+        "the new entry"
+    );
+
+    // Evicted from the cache: not answered from the replay either.
+    for _ in 0..3 {
+        cached(&r, 32, "replay.test.", Transport::Udp).unwrap();
+    }
+    r.set_cache_capacity(1);
+    for i in 0..50 {
+        ask(&r, 33, &format!("n{i}.test."), RecordType::A, Some(1232)).await;
+        // Another letter case: the same key, a query this thread never answered.
+        if cached(&r, 34, "rEPLAY.test.", Transport::Udp).is_none() {
+            break;
+        }
+    }
+    assert!(cached(&r, 35, "rEPLAY.test.", Transport::Udp).is_none());
+    assert!(
+        cached(&r, 35, "replay.test.", Transport::Udp).is_none(),
+        "an evicted entry is a miss"
+    );
+}
+
 /// A resolver shared by two runtimes: the TCP connection opened from one dies with it (its
 /// tasks are dropped unfinished) and must leave the pool, or every later TCP exchange with
 /// that upstream would go to a connection nobody drives.

@@ -211,7 +211,7 @@ impl Resolver {
         let key = key.as_bytes();
         let now = crate::clock::now();
         let cache = &self.inner.cache;
-        let hit = cache.with_fresh(key, now, |answer, age| {
+        let hit = cache.with_fresh(key, now, |answer, age, _| {
             self.on_hit(key, answer, age);
             let found = records_of(answer, fqdn, rtype, age, false);
             if let (Some(name), Ok(l)) = (memo_as, &found) {
