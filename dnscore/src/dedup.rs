@@ -41,7 +41,9 @@ struct Flight {
     landed: Notify,
 }
 
-type Flights = HashMap<Arc<[u8]>, Arc<Flight>>;
+/// Hashed with quick_cache's seeded hasher (foldhash), as the cache's keys are: SipHash
+/// cost a miss a few hundred instructions per lookup.
+type Flights = HashMap<Arc<[u8]>, Arc<Flight>, quick_cache::DefaultHashBuilder>;
 
 /// The flights under way, by key.
 pub(crate) struct Dedup {
