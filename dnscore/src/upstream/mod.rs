@@ -32,7 +32,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 
 use crate::answer::Answer;
@@ -225,29 +225,39 @@ impl Pool {
             start + config.deadline,
             config.attempt_timeout,
         );
-        // Attempts report here; the receiver is never closed while the race runs.
-        let (events, mut reports) = mpsc::unbounded_channel();
+        // Attempts report here; closed when the race ends (decided, or dropped undecided).
+        let reports = Closing(Arc::new(Reports::default()));
         // The attempts run inside this task while the race does (most queries need one, and
         // a task of its own for it would cost a spawn and a wake-up per miss); those still
         // running when it is decided get tasks of their own, to see their late answers.
-        let mut running = Attempts::default();
+        let mut running = Attempts {
+            attempts: smallvec::SmallVec::new(),
+            reports: Arc::clone(&reports.0),
+        };
         loop {
             match race.step(Instant::now(), &view, &budgets) {
-                Step::Launch(launch) => running.0.push(Box::pin(attempt(
+                Step::Launch(launch) => running.attempts.push(Box::pin(attempt(
                     Arc::clone(&ups[launch.upstream]),
                     Arc::clone(key),
                     launch,
                     config.clone(),
                     Arc::clone(&ups),
-                    events.clone(),
+                    Arc::clone(&reports.0),
                 ))),
-                Step::Wait(until) => tokio::select! {
-                    Some((seq, event)) = reports.recv() => race.on_event(seq, event, &view),
-                    () = &mut running => {}
-                    () = sleep_until(until) => {}
-                },
+                Step::Wait(until) => {
+                    // Biased: the attempts first, and no random draw per wait.
+                    tokio::select! {
+                        biased;
+                        () = &mut running => {}
+                        () = sleep_until(until) => {}
+                    }
+                    for (seq, event) in reports.0.take() {
+                        race.on_event(seq, event, &view);
+                    }
+                }
                 Step::Done(result) => {
-                    for attempt in running.0.drain(..) {
+                    reports.0.close();
+                    for attempt in running.attempts.drain(..) {
                         tokio::spawn(attempt);
                     }
                     return result;
@@ -258,18 +268,93 @@ impl Pool {
 }
 
 /// The attempts of one query that run inside its task (inline up to two: most queries have
-/// one). As a future it polls each of them and stays pending: it never completes, the race
+/// one). As a future it polls each of them, and is ready when one has reported: the race
 /// decides when the query is done.
-#[derive(Default)]
-struct Attempts(smallvec::SmallVec<[Pin<Box<dyn Future<Output = ()> + Send>>; 2]>);
+struct Attempts {
+    attempts: smallvec::SmallVec<[Pin<Box<dyn Future<Output = ()> + Send>>; 2]>,
+    reports: Arc<Reports>,
+}
 
 impl Future for Attempts {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.0
+        self.attempts
             .retain_mut(|attempt| attempt.as_mut().poll(cx).is_pending());
-        Poll::Pending
+        if self.reports.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+/// What a query's attempts report to its race, by launch number. An attempt reports only
+/// while [`Attempts`] polls it, inside the query's task, so the race needs no wake-up: it
+/// reads the reports each time that future is ready (a tokio channel per query cost a
+/// miss an aligned allocation and more). Once the race has ended, reports are dropped, and
+/// the attempts that outlive it (in tasks of their own) can wait for that.
+#[derive(Default)]
+struct Reports {
+    queue: std::sync::Mutex<smallvec::SmallVec<[(usize, Event); 2]>>,
+    closed: AtomicBool,
+    ended: Notify,
+}
+
+impl Reports {
+    fn queue(&self) -> std::sync::MutexGuard<'_, smallvec::SmallVec<[(usize, Event); 2]>> {
+        // A panic while holding it leaves the queue as it was: still usable.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reports `event` of attempt `seq`, unless the race has ended.
+    fn send(&self, seq: usize, event: Event) {
+        if !self.is_closed() {
+            self.queue().push((seq, event));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue().is_empty()
+    }
+
+    /// The reports so far, oldest first.
+    fn take(&self) -> smallvec::SmallVec<[(usize, Event); 2]> {
+        std::mem::take(&mut *self.queue())
+    }
+
+    /// The race has ended: later reports are dropped.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.queue().clear();
+        self.ended.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Waits until the race has ended.
+    async fn closed(&self) {
+        loop {
+            let ended = self.ended.notified();
+            tokio::pin!(ended);
+            // Registered before the look, so that a close after it wakes this wait.
+            ended.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Closes the race's reports however the query ends, also dropped undecided.
+struct Closing(Arc<Reports>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -323,7 +408,7 @@ async fn attempt(
     launch: Launch,
     config: PoolConfig,
     peers: Arc<[Arc<Upstream>]>,
-    report: mpsc::UnboundedSender<(usize, Event)>,
+    report: Arc<Reports>,
 ) {
     let health = &upstream.health;
     health.counters.attempts.fetch_add(1, Ordering::Relaxed);
@@ -332,7 +417,7 @@ async fn attempt(
     let started = Instant::now();
     let seq = launch.seq;
     let stranded = || {
-        let _ = report.send((seq, Event::Stranded));
+        report.send(seq, Event::Stranded);
     };
     // The socket is retired, and the attempt counts as slow, at the instant the race acts
     // on its timeout: a retry then never finds this socket still in the pool.
@@ -353,7 +438,9 @@ async fn attempt(
     tokio::pin!(timer);
     let (mut timed_out, mut slowed) = (false, false);
     let result = loop {
+        // Biased: an answer is taken before a timer that fired with it, and no random draw.
         tokio::select! {
+            biased;
             result = &mut exchange => {
                 match &result {
                     Ok(answer) => {
@@ -394,7 +481,7 @@ async fn attempt(
             () = report.closed(), if timed_out => return,
         }
     };
-    let _ = report.send((seq, Event::Done(result)));
+    report.send(seq, Event::Done(result));
 }
 
 /// UDP, then TCP if the UDP answer was truncated or too large to hold, or its socket saw
