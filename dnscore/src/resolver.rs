@@ -92,7 +92,8 @@ fn write_result(
     match result {
         Ok((answer, freshness, upstream)) => {
             let stale = freshness == Freshness::Stale;
-            answer.write_response(q, Instant::now(), transport.limit(q), stale, out);
+            // The coarse clock: the age is counted in whole seconds, never less than it is.
+            answer.write_response(q, crate::clock::now(), transport.limit(q), stale, out);
             if stale {
                 Served::Stale
             } else {
@@ -371,7 +372,9 @@ impl Resolver {
         key: &[u8],
         stale: Option<Arc<Entry>>,
     ) -> Result<Answered, Error> {
-        let now = Instant::now();
+        // The coarse clock (never behind the fine one): a failure or a failed refresh is
+        // remembered at most a tick less long.
+        let now = crate::clock::now();
         let counters = &self.inner.counters;
         counters.misses.add(1);
         match stale {

@@ -234,8 +234,10 @@ impl Pool {
             attempts: smallvec::SmallVec::new(),
             reports: Arc::clone(&reports.0),
         };
+        // Read again after each wait only: a launch takes microseconds.
+        let mut now = start;
         loop {
-            match race.step(Instant::now(), &view, &budgets) {
+            match race.step(now, &view, &budgets) {
                 Step::Launch(launch) => running.attempts.push(Box::pin(attempt(
                     Arc::clone(&ups[launch.upstream]),
                     Arc::clone(key),
@@ -254,6 +256,7 @@ impl Pool {
                     for (seq, event) in reports.0.take() {
                         race.on_event(seq, event, &view);
                     }
+                    now = Instant::now();
                 }
                 Step::Done(result) => {
                     reports.0.close();
@@ -446,7 +449,8 @@ async fn attempt(
                     Ok(answer) => {
                         let code = usize::from(answer.rcode.min(15));
                         health.counters.rcodes[code].fetch_add(1, Ordering::Relaxed);
-                        health.record_answer(started.elapsed(), Instant::now());
+                        let now = Instant::now();
+                        health.record_answer(now - started, now);
                     }
                     Err(UpstreamError::CaseNotPreserved(addr)) => {
                         if health.case_not_preserved() {

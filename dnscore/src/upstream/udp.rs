@@ -732,7 +732,11 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let empty = {
             let mut state = self.socket.state();
-            state.forget(self.id, Instant::now());
+            // An answered query has left `pending` already: only one given up is
+            // remembered (for its late answer), and only then is the clock read.
+            if state.pending.contains_key(&self.id) {
+                state.forget(self.id, Instant::now());
+            }
             state.pending.is_empty()
         };
         if empty && self.socket.is_retired() {
