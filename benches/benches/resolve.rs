@@ -3,8 +3,11 @@
 //! group, so that the dnscore / hickory ratio comes from one run.
 //!
 //! The answer is put in the cache once, from a test upstream on loopback; every measured
-//! query is then a hit: read the query, hash its key, copy the stored answer, patch ID,
-//! flags, question and TTLs, add an OPT record. hickory-resolver is pointed at the same test
+//! query is then a hit. A query repeated on one thread (`resolve_cached/1_thread`, also with
+//! a new ID each time) is answered from the thread's replay of the answer it wrote last: a
+//! comparison and a copy. `resolve_cached/1_thread_1000_names` asks 1,000 names in turn, past
+//! the replay and the memo: read the query, hash its key, look it up, copy the stored answer,
+//! patch ID, flags, question and TTLs, add an OPT record. hickory-resolver is pointed at the same test
 //! upstream (never the system configuration) and warmed the same way; its hit is a lookup in
 //! its own cache (its `Lookup` shares the records, no wire format on either side).
 //!
@@ -60,6 +63,45 @@ fn cache_hit(c: &mut Criterion) {
         b.iter(|| {
             let hit = resolver
                 .resolve_cached(&q, Transport::Udp, &mut out)
+                .unwrap();
+            assert!(hit, "the benchmark measures hits");
+        });
+    });
+
+    // A new ID every time, as a client's queries come.
+    group.bench_function("resolve_cached/1_thread_new_ids", |b| {
+        let (mut q, mut out, mut id) = (q.clone(), Vec::with_capacity(512), 0u16);
+        b.iter(|| {
+            id = id.wrapping_add(1);
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            let hit = resolver
+                .resolve_cached(&q, Transport::Udp, &mut out)
+                .unwrap();
+            assert!(hit && out[..2] == id.to_be_bytes());
+        });
+    });
+
+    // 1,000 names in turn: no query is the thread's last for its replay or memo slot.
+    let names: Vec<Vec<u8>> = (0..1000u16)
+        .map(|i| {
+            let name = format!("n{i}.many.test.");
+            let [hi, lo] = i.to_be_bytes();
+            upstream.add_record(
+                &name,
+                dnscore::proto::rr::RData::A(dnscore::proto::rr::rdata::A::new(10, 1, hi, lo)),
+                3600,
+            );
+            let q = query(&name);
+            assert!(rt.block_on(resolver.resolve(&q)).unwrap().len() > 40);
+            q
+        })
+        .collect();
+    group.bench_function("resolve_cached/1_thread_1000_names", |b| {
+        let (mut out, mut i) = (Vec::with_capacity(512), 0);
+        b.iter(|| {
+            i = (i + 7) % names.len();
+            let hit = resolver
+                .resolve_cached(&names[i], Transport::Udp, &mut out)
                 .unwrap();
             assert!(hit, "the benchmark measures hits");
         });
