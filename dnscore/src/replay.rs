@@ -5,9 +5,10 @@
 //! answer depends on nothing else: the query's bytes, the entry, its age in seconds and the
 //! transport), at the cost of one comparison and one copy.
 //!
-//! Each thread keeps [`SLOTS`] answers at most, of queries up to [`MAX_QUERY`] and answers
-//! up to [`MAX_ANSWER`] bytes (under 30 KiB a thread), and never replays one whose entry
-//! the cache no longer holds (it is marked when evicted or replaced).
+//! Each thread keeps [`SLOTS`] answers at most, of queries up to [`MAX_QUERY`] bytes and
+//! answers and entries up to [`MAX_ANSWER`] (under 60 KiB a thread, entries included, also
+//! ones evicted since, until their slot is reused), and never replays one whose entry the
+//! cache no longer holds (it is marked when evicted or replaced).
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -126,7 +127,11 @@ pub(crate) fn keep(
     qtype: u16,
     answer: &[u8],
 ) {
-    if query.len() > MAX_QUERY || query.len() < 2 || answer.len() > MAX_ANSWER || answer.len() < 2 {
+    // The entry's size too: a short answer (TC=1) may come from a long entry, which the slot
+    // would keep alive after the cache let it go.
+    let fits = |len: usize, max: usize| (2..=max).contains(&len);
+    if !fits(query.len(), MAX_QUERY) || !fits(answer.len(), MAX_ANSWER) || entry.len() > MAX_ANSWER
+    {
         return;
     }
     let _ = REPLAY.try_with(|slots| {
