@@ -376,9 +376,9 @@ impl AnswerCache {
     /// Runs `hit` on the fresh entry for `key` at `now` (with its age), from this thread's
     /// memo when it holds it and the cache still does, else from the cache (and memoizes
     /// it); `hit` is told whether the memo had it (this thread hit it before). A stale entry
-    /// comes back as `Err(Some)`, none as `Err(None)`. The memo holds at
-    /// most 64 entries of up to 1232 bytes per thread, possibly ones evicted since (until
-    /// overwritten), and never serves those.
+    /// comes back as `Err(Some)`, none as `Err(None)`. The memo holds at most 64 entries of
+    /// up to 1232 bytes per thread, possibly ones evicted since (until overwritten), and
+    /// never serves those.
     #[inline]
     pub(crate) fn with_fresh<R>(
         &self,

@@ -315,8 +315,7 @@ impl Resolver {
     }
 
     /// A fresh hit at `now` is written to `out` (and kept for [`replay`] when this thread
-    /// hit it before); else the stale
-    /// entry, if the cache has one.
+    /// hit it before); else the stale entry, if the cache has one.
     fn try_hit(
         &self,
         q: &Query<'_>,

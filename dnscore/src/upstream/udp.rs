@@ -38,7 +38,6 @@
 //! (`case_randomization`). On Kubernetes the path to CoreDNS is the node's own network.
 
 use std::collections::HashMap;
-
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
