@@ -1,10 +1,11 @@
-//! The clock a cache hit reads: on Linux the coarse monotonic clock (the kernel's time at
+//! The clock a cache hit reads (and a miss, for its answer's age and its failure checks,
+//! where a few ms early do not matter): on Linux the coarse monotonic clock (the kernel's time at
 //! its last tick, read from the vDSO without the TSC: ~10 ns against ~26 ns for
 //! `Instant::now` on this project's machines, a fifth of a hit), as dnsdist and Unbound
 //! read their time once per event rather than per question. It runs ahead of the fine
 //! clock by at most two ticks (8 ms at 250 Hz) and never behind, so an entry may count as
-//! expired up to that much early and is never served past its TTL. Everything else (answer
-//! arrival, timers, RTTs) reads the fine clock. With the `test-util` feature, and in unit
+//! expired up to that much early and is never served past its TTL. Answer arrival, timers
+//! and RTTs read the fine clock. With the `test-util` feature, and in unit
 //! tests, it is tokio's clock, so that paused time drives the cache as before.
 
 use tokio::time::Instant;

@@ -143,35 +143,28 @@ pub(crate) fn keep(
     }
     let _ = REPLAY.try_with(|slots| {
         let mut slots = slots.borrow_mut();
-        let slot = &mut slots[slot_of(query)];
-        match slot {
-            // The slot's buffers are reused: a thread that answers many queries in turn does
-            // not allocate for each.
-            Some(s) => {
-                s.cache = cache;
-                s.transport = transport;
-                refill(&mut s.query, &query[2..]);
-                refill(&mut s.key, key);
-                if !Arc::ptr_eq(&s.entry, entry) {
-                    s.entry = Arc::clone(entry);
-                }
-                s.age = age.as_secs();
-                s.qtype = qtype;
-                refill(&mut s.answer, answer);
-            }
-            None => {
-                *slot = Some(Slot {
-                    cache,
-                    transport,
-                    query: query[2..].to_vec(),
-                    key: key.to_vec(),
-                    entry: Arc::clone(entry),
-                    age: age.as_secs(),
-                    qtype,
-                    answer: answer.to_vec(),
-                });
-            }
+        // A slot's buffers are reused: a thread that answers many queries in turn does not
+        // allocate for each.
+        let s = slots[slot_of(query)].get_or_insert_with(|| Slot {
+            cache,
+            transport,
+            query: Vec::new(),
+            key: Vec::new(),
+            entry: Arc::clone(entry),
+            age: 0,
+            qtype,
+            answer: Vec::new(),
+        });
+        s.cache = cache;
+        s.transport = transport;
+        refill(&mut s.query, &query[2..]);
+        refill(&mut s.key, key);
+        if !Arc::ptr_eq(&s.entry, entry) {
+            s.entry = Arc::clone(entry);
         }
+        s.age = age.as_secs();
+        s.qtype = qtype;
+        refill(&mut s.answer, answer);
     });
 }
 

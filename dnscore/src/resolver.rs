@@ -372,7 +372,7 @@ impl Resolver {
         stale: Option<Arc<Entry>>,
     ) -> Result<Answered, Error> {
         // The coarse clock (never behind the fine one): a failure or a failed refresh is
-        // remembered at most a tick less long.
+        // remembered at most two ticks (8 ms) less long.
         let now = crate::clock::now();
         let counters = &self.inner.counters;
         counters.misses.add(1);

@@ -326,9 +326,11 @@ impl Reports {
         std::mem::take(&mut *self.queue())
     }
 
-    /// The race has ended: later reports are dropped.
+    /// The race has ended: later reports are dropped. Once.
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.queue().clear();
         self.ended.notify_waiters();
     }
